@@ -1,0 +1,1 @@
+"""Flower apps and the glue that schedules federated rounds on device cohorts."""

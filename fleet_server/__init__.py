@@ -1,0 +1,1 @@
+"""edgefleet fleet server: the control plane (registry, devices, API, broker, jobs)."""

@@ -1,0 +1,1 @@
+"""Command-line tools and helpers people use around the system."""

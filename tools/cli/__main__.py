@@ -1,0 +1,3 @@
+from edgefleet.tools.cli import main
+
+main()
