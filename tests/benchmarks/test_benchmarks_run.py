@@ -1,0 +1,39 @@
+"""`python -m benchmarks --quick` runs and prints every figure beside its goal.
+
+No timing assertions: whether a goal is met is the benchmark's output, not a test.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FIGURES = [
+    "overhead.onnx.tiny",
+    "overhead.onnx.heavy",
+    "overhead.tflite.tiny",
+    "overhead.tflite.heavy",
+    *(f"int8.{variant}.{what}"
+      for variant in ("onnx-dynamic", "onnx-static", "tflite-int8")
+      for what in ("size", "latency-b1", "latency-b16", "accuracy")),
+]
+
+
+def test_quick_run_prints_every_figure() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for key in FIGURES:
+        matching = [line for line in lines
+                    if re.match(rf"\[(PASS|MISS)\] {re.escape(key)} .* goal [≤≥] ", line)]
+        assert len(matching) == 1, f"no figure line for {key}:\n{proc.stdout}"
+    figure_lines = [line for line in lines if re.match(r"\[(PASS|MISS)\] ", line)]
+    assert len(figure_lines) == len(FIGURES)
+    assert re.search(rf"\d+/{len(FIGURES)} goals met", proc.stdout)
