@@ -1,0 +1,67 @@
+"""Tables of the model registry, as versioned migrations of the ``registry`` component."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlite_utils import Database
+
+_V1 = [
+    """
+CREATE TABLE registry_models (
+    name TEXT PRIMARY KEY,
+    description TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL
+)""",
+    """CREATE TABLE registry_versions (
+    id INTEGER PRIMARY KEY,
+    model TEXT NOT NULL REFERENCES registry_models(name),
+    version TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    framework TEXT NOT NULL,
+    quantization TEXT NOT NULL,
+    signature TEXT NOT NULL,           -- JSON {"inputs": [...], "outputs": [...]}
+    metrics TEXT NOT NULL,             -- JSON object
+    reference_profile TEXT NOT NULL,   -- JSON (opaque for now)
+    lineage TEXT NOT NULL,             -- JSON {data_digest, training_run, ...}
+    parent_id INTEGER REFERENCES registry_versions(id),
+    description TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,          -- "<actor kind>:<actor id>"
+    created_by_name TEXT NOT NULL,
+    created_by_user TEXT,              -- the human behind the uploading actor, if any
+    stage TEXT NOT NULL,
+    stage_changed_at TEXT NOT NULL,
+    approved_by TEXT,
+    approved_by_name TEXT,
+    approved_at TEXT,
+    approval_reason TEXT,
+    UNIQUE (model, version)
+)""",
+    "CREATE INDEX registry_versions_digest ON registry_versions(digest)",
+    "CREATE INDEX registry_versions_stage ON registry_versions(model, stage)",
+    # A version is immutable: only its stage and approval may change.
+    """CREATE TRIGGER registry_versions_immutable
+BEFORE UPDATE OF model, version, digest, size_bytes, framework, quantization, signature,
+    metrics, reference_profile, lineage, parent_id, created_at, created_by, created_by_user
+ON registry_versions
+BEGIN
+    SELECT RAISE(ABORT, 'model versions are immutable');
+END""",
+    """CREATE TRIGGER registry_versions_no_delete
+BEFORE DELETE ON registry_versions
+BEGIN
+    SELECT RAISE(ABORT, 'model versions are never deleted; archive them');
+END""",
+]
+
+
+def _v1(db: Database) -> None:
+    # One statement at a time: executescript() would COMMIT the migration transaction.
+    for statement in _V1:
+        db.execute(statement)
+
+
+MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [(1, _v1)]

@@ -1,0 +1,36 @@
+"""``edgefleet demo``: the narrated end-to-end run (see :mod:`edgefleet.tools.demo`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("demo")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where models, server data and device state go (default: a new temp dir).")
+@click.option("--keep-running", is_flag=True,
+              help="Leave the fleet server running at the end until Ctrl-C.")
+@click.option("--port", "http_port", type=int, default=None,
+              help="HTTP port for the demo's fleet server (default: a free one).")
+@click.option("--mqtt-port", type=int, default=None,
+              help="Embedded MQTT broker port (default: a free one).")
+def demo_command(workdir: Path | None, keep_running: bool, http_port: int | None,
+                 mqtt_port: int | None) -> None:
+    """Run the demo: train, inspect, quantize, bench and predict a model, then start a
+    fleet server, enroll a device and take the model from upload to production.
+    """
+    from edgefleet.tools.demo import DemoError, DemoOptions, run_demo
+
+    options = DemoOptions(workdir=workdir, keep_running=keep_running,
+                          http_port=http_port, mqtt_port=mqtt_port)
+    try:
+        run_demo(options, click.echo)
+    except DemoError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def register(cli: click.Group, groups: dict[str, click.Group]) -> None:
+    """Attach ``demo`` to the root command."""
+    cli.add_command(demo_command)
