@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from benchmarks import int8, overhead
+from benchmarks import drift, int8, overhead
 from benchmarks.figures import Figure
 from benchmarks.settings import Settings
 
@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
         workdir = Path(tmp)
         for title, section in (("(a) runner overhead over the raw runtime call", overhead),
-                               ("(b) int8 versus float32", int8)):
+                               ("(b) int8 versus float32", int8),
+                               ("(c) drift summaries", drift)):
             print(f"\n{title}", flush=True)
             for figure in section.run(workdir, settings):
                 figures.append(figure)

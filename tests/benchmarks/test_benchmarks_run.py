@@ -20,6 +20,12 @@ FIGURES = [
     *(f"int8.{variant}.{what}"
       for variant in ("onnx-dynamic", "onnx-static", "tflite-int8")
       for what in ("size", "latency-b1", "latency-b16", "accuracy")),
+    "drift.bytes-per-feature",
+    "drift.ks-merged-error",
+    "drift.psi-merged-vs-central",
+    "drift.detection-delay",
+    "drift.false-alarms",
+    "drift.hot-path",
 ]
 
 
