@@ -16,7 +16,7 @@ DATA_DIR_HELP = "Server data directory (database, secrets, config.toml)."
 DEFAULT_DATA_DIR = "edgefleet-data"
 
 
-def _data_dir_option(fn: Any) -> Any:
+def data_dir_option(fn: Any) -> Any:
     return click.option(
         "--data-dir", type=click.Path(file_okay=False, path_type=Path),
         default=DEFAULT_DATA_DIR, show_default=True, envvar="EDGEFLEET_DATA_DIR",
@@ -54,7 +54,7 @@ def register(cli: click.Group, groups: dict[str, click.Group]) -> None:
     server = groups["server"]
 
     @server.command("init")
-    @_data_dir_option
+    @data_dir_option
     def init(data_dir: Path) -> None:
         """Create the database, generate every secret and the first admin account.
 
@@ -75,7 +75,7 @@ def register(cli: click.Group, groups: dict[str, click.Group]) -> None:
         click.echo(f"One-time password (shown only now): {result.admin_password}")
 
     @server.command("run")
-    @_data_dir_option
+    @data_dir_option
     @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
                   help="TOML settings file (default: <data-dir>/config.toml if present).")
     @click.option("--host", help="HTTP listen address (setting: host).")
@@ -114,7 +114,7 @@ def register(cli: click.Group, groups: dict[str, click.Group]) -> None:
         """Manage API tokens from the server machine (owner-less tokens)."""
 
     @token.command("create")
-    @_data_dir_option
+    @data_dir_option
     @click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), required=True,
                   help="The token's role.")
     @click.option("--name", default="cli", show_default=True, help="A label for the token.")
@@ -145,7 +145,7 @@ def register(cli: click.Group, groups: dict[str, click.Group]) -> None:
         click.echo(secret)
 
     @token.command("list")
-    @_data_dir_option
+    @data_dir_option
     def token_list(data_dir: Path) -> None:
         """List API tokens (never their secrets)."""
         from edgefleet.fleet_server.audit import AuditLog
@@ -161,7 +161,7 @@ def register(cli: click.Group, groups: dict[str, click.Group]) -> None:
             click.echo(f"{t.id}\t{t.role.value}\t{t.name}\t{state}")
 
     @token.command("revoke")
-    @_data_dir_option
+    @data_dir_option
     @click.argument("token_id")
     def token_revoke(data_dir: Path, token_id: str) -> None:
         """Revoke the API token TOKEN_ID."""
