@@ -20,6 +20,7 @@ from flask import Flask, Response, request
 from edgefleet.fleet_server import audit as audit_module
 from edgefleet.fleet_server.api.core import create_blueprint as core_blueprint
 from edgefleet.fleet_server.api.errors import register_error_handlers
+from edgefleet.fleet_server.api.json_provider import StrictJSONProvider
 from edgefleet.fleet_server.api.openapi import API_PREFIX
 from edgefleet.fleet_server.audit import AuditLog
 from edgefleet.fleet_server.auth.tokens import TokenService
@@ -85,6 +86,7 @@ def create_app(
     store.migrate([audit_module.COMPONENT, *[m.COMPONENT for m in modules]])
 
     app = Flask(__name__, static_folder=None)
+    app.json = StrictJSONProvider(app)  # bodies: bounded depth, no NaN / Infinity
     app.config.update(
         SECRET_KEY=secrets.session_key,
         MAX_CONTENT_LENGTH=config.max_request_bytes,

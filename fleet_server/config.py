@@ -40,15 +40,20 @@ class ServerConfig:
     # The broker URL handed to devices at enrollment; empty means derive it.
     mqtt_public_url: str = ""
     max_request_bytes: int = 1 * MIB
-    max_upload_bytes: int = 512 * MIB
+    # waitress buffers up to this much of ANY request before the app sees it: keep it
+    # moderate and put larger uploads behind a reverse proxy (docs/server.md).
+    max_upload_bytes: int = 64 * MIB
     session_lifetime_s: int = 8 * 3600
     session_cookie_secure: bool = True
     api_token_ttl_s: int = 90 * 24 * 3600
     login_max_failures: int = 10
+    login_max_failures_per_ip: int = 100
     login_window_s: float = 300.0
     housekeeping_interval_s: float = 60.0
     waitress_threads: int = 8
     log_level: str = "INFO"
+    # Four eyes: nobody (admins included) approves their own upload for production.
+    approval_requires_second_person: bool = True
 
     @property
     def db_path(self) -> Path:
@@ -114,7 +119,8 @@ def _validate(config: ServerConfig) -> None:
         if not 0 <= value <= 65535:
             raise ConfigError(f"{name}: {value} is not a TCP port")
     for name in ("max_request_bytes", "max_upload_bytes", "session_lifetime_s",
-                 "api_token_ttl_s", "waitress_threads", "login_max_failures"):
+                 "api_token_ttl_s", "waitress_threads", "login_max_failures",
+                 "login_max_failures_per_ip"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name}: must be positive")
     for name in ("housekeeping_interval_s", "login_window_s"):

@@ -111,6 +111,8 @@ class FleetServer:
             self._http = create_server(
                 app, host=self.config.host, port=self.config.port,
                 threads=self.config.waitress_threads,
+                # waitress buffers this much of ANY request (public routes too) before the
+                # app can refuse it: max_upload_bytes is kept moderate (64 MiB) for that.
                 max_request_body_size=self.config.max_upload_bytes,
                 ident="edgefleet", clear_untrusted_proxy_headers=True,
             )

@@ -34,14 +34,20 @@ def _string_param(name: str, description: str) -> dict[str, Any]:
             "schema": {"type": "string", "maxLength": 200}}
 
 
+def _time_param(name: str, description: str) -> dict[str, Any]:
+    param = _string_param(name, description)
+    param["schema"] = {**param["schema"], "format": "date-time"}
+    return param
+
+
 AUDIT_PARAMS = [
     *PAGINATION_PARAMS,
     _string_param("actor_id", "Only changes by this user, token or device id"),
     _string_param("action", "Only this action, e.g. user.create"),
     _string_param("target_type", "Only changes to this kind of object, e.g. user"),
     _string_param("target_id", "Only changes to this object"),
-    _string_param("since", "ISO-8601 UTC time, inclusive"),
-    _string_param("until", "ISO-8601 UTC time, inclusive"),
+    _time_param("since", "ISO-8601 time (UTC when no offset is given), inclusive"),
+    _time_param("until", "ISO-8601 time (UTC when no offset is given), inclusive"),
 ]
 
 
@@ -51,11 +57,13 @@ def _iso_filter(name: str) -> str | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError as e:
-        raise ApiError(400, "invalid_parameter", f"{name} must be an ISO-8601 time") from e
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).replace(microsecond=0).isoformat()
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        # OverflowError: e.g. 9999-12-31T23:59:59-01:00 is past datetime.max in UTC.
+        return parsed.astimezone(UTC).replace(microsecond=0).isoformat()
+    except (ValueError, OverflowError) as e:
+        raise ApiError(400, "invalid_parameter",
+                       f"{name} must be an ISO-8601 time within years 1-9999 UTC") from e
 
 
 def create_blueprint(services: Services) -> Blueprint:

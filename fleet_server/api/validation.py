@@ -2,9 +2,9 @@
 
 Supported keywords: type (object, array, string, integer, number, boolean, null, or a
 list of those), properties, required, additionalProperties (bool), items, enum,
-minLength, maxLength, pattern, minimum, maximum, minItems, maxItems, minProperties,
-nullable (OpenAPI 3.0), format (ignored,
-documentation only). ``validate`` is pure; ``json_body`` reads the Flask request.
+minLength, maxLength, pattern (must match the whole string), minimum, maximum, minItems,
+maxItems, minProperties, nullable (OpenAPI 3.0), format (ignored, documentation only).
+``validate`` is pure; ``json_body`` reads the Flask request.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from flask import request
 
 from edgefleet.fleet_server.api.errors import ApiError
+from edgefleet.fleet_server.strict_json import has_lone_surrogates
 
 Schema = Mapping[str, Any]
 
@@ -47,7 +48,7 @@ def validate(value: Any, schema: Schema, path: str = "$") -> list[str]:
             errors.append(f"{path}: shorter than {schema['minLength']}")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             errors.append(f"{path}: longer than {schema['maxLength']}")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
+        if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
             errors.append(f"{path}: does not match {schema['pattern']}")
     if isinstance(value, int | float) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
@@ -77,25 +78,12 @@ def validate(value: Any, schema: Schema, path: str = "$") -> list[str]:
     return errors
 
 
-def has_lone_surrogates(value: Any) -> bool:
-    """True when a JSON value holds a string (or key) with an unpaired UTF-16 surrogate.
-
-    JSON allows ``"\\ud800"``, but such text cannot be encoded as UTF-8 for the database.
-    """
-    if isinstance(value, str):
-        return any("\ud800" <= ch <= "\udfff" for ch in value)
-    if isinstance(value, dict):
-        return any(has_lone_surrogates(k) or has_lone_surrogates(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_lone_surrogates(v) for v in value)
-    return False
-
-
 def json_body(schema: Schema | None = None) -> Any:
     """The request's JSON body, validated against ``schema`` when given.
 
     Raises:
-        ApiError: 400 ``malformed_json`` (not JSON, not parseable, unpaired surrogates) or
+        ApiError: 400 ``malformed_json`` (not JSON, not parseable, nested deeper than
+            ``strict_json.MAX_DEPTH``, NaN / Infinity, unpaired surrogates) or
             ``validation_failed`` with the list of problems in ``details``.
     """
     if not request.is_json:
@@ -103,7 +91,9 @@ def json_body(schema: Schema | None = None) -> Any:
                        "expected a JSON body (Content-Type: application/json)")
     body = request.get_json(silent=True)
     if body is None and request.get_data(cache=True).strip() != b"null":
-        raise ApiError(400, "malformed_json", "request body is not valid JSON")
+        raise ApiError(400, "malformed_json",
+                       "request body is not valid JSON (or nested too deeply, or holds "
+                       "NaN / Infinity)")
     if has_lone_surrogates(body):
         raise ApiError(400, "malformed_json", "request body holds an unpaired surrogate")
     if schema is not None:

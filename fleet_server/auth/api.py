@@ -6,8 +6,9 @@ state-changing session request must echo in ``X-CSRF-Token``. ``POST /auth/logou
 every console session of the user (sessions are stateless signed cookies; an epoch
 counter in the user row invalidates them).
 
-Tokens: any user may create tokens for themself up to their own role; admins list and
-revoke everyone's. The secret is in the creation response only.
+Tokens: any user may create tokens for themself up to their own role, from a console
+session only (a token cannot mint tokens); admins list and revoke everyone's, others only
+their own (an owner-less token owns none). The secret is in the creation response only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import secrets
 from typing import Any
 
-from flask import Blueprint, g, session
+from flask import Blueprint, g, request, session
 
 from edgefleet.fleet_server.api import (
     PAGINATION_PARAMS,
@@ -125,7 +126,9 @@ def create_blueprint(services: Services) -> Blueprint:
     """The auth routes bound to ``services``."""
     bp = Blueprint("auth", __name__)
     users, tokens = services.users, services.tokens
-    throttle = LoginThrottle(services.config.login_max_failures, services.config.login_window_s)
+    config = services.config
+    throttle = LoginThrottle(config.login_max_failures, config.login_window_s,
+                             max_failures_per_ip=config.login_max_failures_per_ip)
 
     # -- sessions ------------------------------------------------------------------
 
@@ -133,19 +136,21 @@ def create_blueprint(services: Services) -> Blueprint:
            request_schema=LOGIN_SCHEMA, tags=["auth"],
            responses={200: "Logged in; the body carries the CSRF token",
                       401: "Invalid username or password",
-                      429: "Too many failed logins for this username; retry later"})
+                      429: "Too many failed logins from this client (for this username, "
+                           "or in total); retry later"})
     def login() -> Any:
         body = g.body
-        wait_s = throttle.retry_after_s(body["username"])
+        client = request.remote_addr
+        wait_s = throttle.retry_after_s(client, body["username"])
         if wait_s > 0:
             raise ApiError(429, "too_many_requests",
                            f"too many failed logins; retry in {math.ceil(wait_s)} s")
         try:
             user = users.authenticate(body["username"], body["password"])
         except InvalidCredentials as e:
-            throttle.failure(body["username"])
+            throttle.failure(client, body["username"])
             raise _api_error(e) from None
-        throttle.success(body["username"])
+        throttle.success(client, body["username"])
         csrf = _start_session(user)
         return {"user": user.to_json(), "csrf_token": csrf}
 
@@ -202,8 +207,11 @@ def create_blueprint(services: Services) -> Blueprint:
             token = tokens.get(token_id)
         except NotFound as e:
             raise _api_error(e) from None
-        if actor.role != Role.ADMIN and token.user_id != _caller_user_id(actor):
-            raise ApiError(404, "not_found", f"token {token_id} not found")
+        if actor.role != Role.ADMIN:
+            # An owner-less caller owns nothing (owner-less tokens are not "its" tokens).
+            caller = _caller_user_id(actor)
+            if caller is None or token.user_id != caller:
+                raise ApiError(404, "not_found", f"token {token_id} not found")
         return token
 
     @route(bp, "/tokens", ["GET"], role=Role.VIEWER, summary="List API tokens",
@@ -223,9 +231,17 @@ def create_blueprint(services: Services) -> Blueprint:
 
     @route(bp, "/tokens", ["POST"], role=Role.VIEWER, summary="Create an API token",
            request_schema=TOKEN_CREATE_SCHEMA, tags=["tokens"],
-           responses={201: "Created; the secret is shown only in this response"})
+           responses={201: "Created; the secret is shown only in this response",
+                      403: "Role too high, or the caller is an API token (use a console "
+                           "session or `edgefleet server token create`)"})
     def create_token() -> Any:
         actor = current_actor()
+        if g.get("auth_via") != "session":
+            # A token must not mint tokens: the child could outlive the parent's expiry
+            # and revocation (and escape its scopes), turning one leak into a permanent one.
+            raise ApiError(403, "forbidden",
+                           "API tokens cannot create tokens; log in to the console, or use "
+                           "`edgefleet server token create` on the server")
         body = g.body
         own_role = Role(actor.role)
         role = Role(body.get("role", own_role.value))

@@ -28,9 +28,10 @@ from edgefleet.fleet_server.devices.enrollment import (
 )
 from edgefleet.fleet_server.devices.errors import DeviceError
 from edgefleet.fleet_server.devices.groups import GroupService
-from edgefleet.fleet_server.devices.model import DeviceStatus, has_lone_surrogates
+from edgefleet.fleet_server.devices.model import DeviceStatus
 from edgefleet.fleet_server.devices.service import device_service
 from edgefleet.fleet_server.services import Services
+from edgefleet.fleet_server.strict_json import has_lone_surrogates
 
 TAG = ("devices",)
 _NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}

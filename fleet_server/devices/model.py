@@ -20,21 +20,6 @@ class DeviceStatus(StrEnum):
     DECOMMISSIONED = "decommissioned"
 
 
-def has_lone_surrogates(value: Any) -> bool:
-    """True when a JSON value holds a string with an unpaired UTF-16 surrogate.
-
-    JSON allows ``"\\ud800"`` but such strings cannot be stored as UTF-8, so they are
-    refused as invalid input rather than failing deep in the database layer.
-    """
-    if isinstance(value, str):
-        return any("\ud800" <= ch <= "\udfff" for ch in value)
-    if isinstance(value, dict):
-        return any(has_lone_surrogates(k) or has_lone_surrogates(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_lone_surrogates(v) for v in value)
-    return False
-
-
 def check_tag(tag: str) -> str:
     """Return ``tag`` if valid. Raises InvalidRequestError."""
     if not TAG_RE.fullmatch(tag):

@@ -1,7 +1,8 @@
 """The registry's JSON API (mounted under /api/v1): thin views over RegistryService.
 
 Roles: viewers read everything; operators upload, move stages and approve (the service
-adds the four-eyes rule: an operator may not approve their own upload, an admin may).
+adds the four-eyes rule: nobody, admins included, approves their own upload, unless the
+``approval_requires_second_person`` setting is off).
 Uploads are ``multipart/form-data`` with parts ``file`` (the model), ``version`` and an
 optional ``metadata`` part holding a JSON object (see docs/registry.md).
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, send_file
 
+from edgefleet.fleet_server import strict_json
 from edgefleet.fleet_server.api.errors import ApiError, error_response
 from edgefleet.fleet_server.api.pagination import (
     PAGINATION_PARAMS,
@@ -99,6 +101,7 @@ def registry_service(services: Services) -> RegistryService:
         services.store, services.audit,
         ArtifactStore(services.config.data_dir / "artifacts"),
         max_artifact_bytes=services.config.max_upload_bytes,
+        approval_requires_second_person=services.config.approval_requires_second_person,
     )
     services.extras["registry"] = svc
     return svc
@@ -109,9 +112,11 @@ def _metadata_from_form() -> UploadMetadata:
     if raw is None or not raw.strip():
         return UploadMetadata()
     try:
-        parsed = json.loads(raw)
+        parsed = strict_json.loads(raw)
     except json.JSONDecodeError as e:
         raise InvalidMetadataError(f"metadata is not valid JSON: {e.msg}") from e
+    except ValueError as e:  # too deep, NaN / Infinity
+        raise InvalidMetadataError(f"metadata is not valid JSON: {e}") from e
     if not isinstance(parsed, dict):
         raise InvalidMetadataError("metadata must be a JSON object")
     return UploadMetadata.from_dict(parsed)

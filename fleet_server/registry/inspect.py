@@ -78,17 +78,28 @@ def inspect_model(path: Path) -> ModelInfo:
             framework = Framework(runner.framework.value)
             signature: dict[str, list[dict[str, Any]]] = runner.signature.to_dict()
     except ModelLoadError as e:
-        raise InvalidArtifactError(f"not a loadable model: {e}") from e
+        raise InvalidArtifactError(f"not a loadable model: {_scrub(e, path)}") from e
     except ImportError as e:  # a runtime backend is not installed on this server
-        raise InvalidArtifactError(f"this server cannot load such models: {e}") from e
+        raise InvalidArtifactError(
+            f"this server cannot load such models: {_scrub(e, path)}") from e
     try:
         if framework is Framework.ONNX:
             quant = _onnx_quantization(path)
         else:
             quant = _tflite_quantization(path)
     except Exception as e:  # foreign parsers raise anything; the runtime already loaded it
-        raise InvalidArtifactError(f"cannot read the {framework.value} model: {e}") from e
+        raise InvalidArtifactError(
+            f"cannot read the {framework.value} model: {_scrub(e, path)}") from e
     return ModelInfo(framework, quant, signature)
+
+
+def _scrub(error: BaseException, path: Path) -> str:
+    """``error``'s text without the server's file system paths (it goes to the client)."""
+    text = str(error)
+    for where in sorted({str(path.resolve()), str(path), str(path.parent.resolve()),
+                         str(path.parent), path.name}, key=len, reverse=True):
+        text = text.replace(where, "<upload>")
+    return text
 
 
 def _onnx_quantization(path: Path) -> Quantization:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgefleet.fleet_server.registry.errors import InvalidMetadataError
+from edgefleet.fleet_server.strict_json import StrictJSONError, check_value, has_lone_surrogates
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -15,21 +17,6 @@ LINEAGE_FIELDS = ("data_digest", "training_run", "federated_round", "code_versio
 #: Values of ``inspect.Quantization`` (kept here so this module stays import-light).
 QUANTIZATIONS = ("none", "float16", "int8", "uint8", "dynamic-int8")
 _KNOWN = {"description", "quantization", "metrics", "reference_profile", "parent", *LINEAGE_FIELDS}
-
-
-def has_lone_surrogates(value: Any) -> bool:
-    """True when a JSON value holds a string with an unpaired UTF-16 surrogate.
-
-    JSON allows ``"\\ud800"`` but such strings cannot be stored as UTF-8, so they are
-    refused as invalid input rather than failing deep in the database layer.
-    """
-    if isinstance(value, str):
-        return any("\ud800" <= ch <= "\udfff" for ch in value)
-    if isinstance(value, dict):
-        return any(has_lone_surrogates(k) or has_lone_surrogates(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_lone_surrogates(v) for v in value)
-    return False
 
 
 def check_name(name: str) -> str:
@@ -74,6 +61,10 @@ class UploadMetadata:
         """
         if has_lone_surrogates(raw):
             raise InvalidMetadataError("metadata holds an invalid (lone surrogate) character")
+        try:
+            check_value(dict(raw))  # bounded nesting, no NaN / Infinity anywhere
+        except StrictJSONError as e:
+            raise InvalidMetadataError(f"metadata is not storable: {e}") from None
         unknown = set(raw) - _KNOWN
         if unknown:
             raise InvalidMetadataError(f"unknown metadata keys: {', '.join(sorted(unknown))}")
@@ -91,6 +82,8 @@ class UploadMetadata:
         for key, value in metrics.items():
             if not isinstance(value, int | float | str | bool) and value is not None:
                 raise InvalidMetadataError(f"metric {key!r} must be a number or string")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidMetadataError(f"metric {key!r} must be a finite number")
         return cls(
             description=str(raw.get("description") or ""),
             quantization=str(raw["quantization"]) if raw.get("quantization") else None,

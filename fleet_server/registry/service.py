@@ -60,9 +60,11 @@ class RegistryService:
         artifacts: ArtifactStore,
         *,
         max_artifact_bytes: int | None = None,
+        approval_requires_second_person: bool = True,
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self._store = store
+        self._second_person = approval_requires_second_person
         self._audit = audit
         self.artifacts = artifacts
         self._max_bytes = max_artifact_bytes
@@ -213,9 +215,9 @@ class RegistryService:
     ) -> dict[str, Any]:
         """Record who approved a staging version for production, when and why.
 
-        Rule: the approver must be an admin, or an operator who did not upload the
-        version (four eyes). Approving an already approved version replaces nothing:
-        it is refused.
+        Rule: the approver must be an admin or an operator, and (four eyes, unless
+        ``approval_requires_second_person`` is off) must not be the uploader, whatever
+        their role. Approving an already approved version replaces nothing: it is refused.
 
         Raises:
             NotFoundError, ApprovalForbiddenError, InvalidTransitionError.
@@ -312,17 +314,17 @@ class RegistryService:
         except NotFoundError as e:
             raise InvalidMetadataError(f"parent {ref[0]}@{ref[1]} does not exist") from e
 
-    @staticmethod
-    def _check_approver(record: dict[str, Any], actor: Actor, user_id: str | None) -> None:
+    def _check_approver(self, record: dict[str, Any], actor: Actor, user_id: str | None) -> None:
         role = Role(actor.role) if actor.role in {r.value for r in Role} else None
-        if role is Role.ADMIN:
-            return
-        if role is not Role.OPERATOR:
+        if role not in (Role.ADMIN, Role.OPERATOR):
             raise ApprovalForbiddenError("approval needs the admin or operator role")
+        if not self._second_person:
+            return
         same_user = user_id is not None and record.get("created_by_user") == user_id
         if same_user or record["created_by"] == actor_ref(actor):
             raise ApprovalForbiddenError(
-                "an operator may not approve their own upload; ask another operator or an admin"
+                "nobody may approve their own upload (four eyes); ask another operator or "
+                "an admin"
             )
 
     def _decode(self, row: dict[str, Any]) -> dict[str, Any]:

@@ -8,13 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.fleet_server.app import all_components
 from edgefleet.fleet_server.config import (
+    MIB,
     ConfigError,
     ServerConfig,
     env_var,
     load_config,
     setting_fields,
 )
+from edgefleet.fleet_server.datadir import init_data_dir
+from edgefleet.fleet_server.server import FleetServer
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 ROW = re.compile(r"^\| `(\w+)` \| `(\w+)` \| (\w+) \| `([^`]*)` \|")
@@ -107,3 +111,18 @@ def test_every_documented_env_var_is_read(tmp_path: Path) -> None:
             else "DEBUG" if name == "log_level" else "x"
         config = load_config(tmp_path, env={env: value})
         assert str(getattr(config, name)).lower() == value.lower(), name
+
+
+def test_upload_limit_defaults_to_64_mib_and_caps_waitress(tmp_path: Path) -> None:
+    """S4: waitress spooled up to max_upload_bytes (512 MiB) for any anonymous request."""
+    assert load_config(tmp_path, env={}).max_upload_bytes == 64 * MIB
+    data_dir = tmp_path / "data"
+    init_data_dir(data_dir, all_components())
+    # An external broker URL: no embedded broker is started (nothing listens there).
+    config = load_config(data_dir, env={}, port=0, mqtt_url="mqtt://127.0.0.1:9")
+    server = FleetServer(config)
+    try:
+        server.start()
+        assert server._http.adj.max_request_body_size == config.max_upload_bytes
+    finally:
+        server.stop()

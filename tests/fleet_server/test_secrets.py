@@ -31,9 +31,11 @@ def test_no_secret_in_logs_or_responses(env: Env, caplog: pytest.LogCaptureFixtu
     rv = client.post("/api/v1/auth/password", headers={"X-CSRF-Token": rv.json["csrf_token"]},
                      json={"old_password": env.init.admin_password, "new_password": NEW_PASSWORD})
     seen.append(_text(rv))
+    csrf = rv.json["csrf_token"]
     client.post("/api/v1/auth/login", json={"username": "admin", "password": "wrong password"})
 
-    created = client.post("/api/v1/tokens", headers=admin, json={"name": "ci"})
+    # Tokens are created from a console session (a token cannot mint tokens).
+    created = client.post("/api/v1/tokens", headers={"X-CSRF-Token": csrf}, json={"name": "ci"})
     token_secret = created.json["secret"]
     new_user = client.post("/api/v1/users", headers=admin,
                            json={"username": "hal", "role": "viewer"})
@@ -63,7 +65,8 @@ def test_no_secret_in_logs_or_responses(env: Env, caplog: pytest.LogCaptureFixtu
 
 
 def test_database_holds_no_plaintext_secret(env: Env) -> None:
-    created = env.client.post("/api/v1/tokens", headers=env.auth(Role.ADMIN), json={"name": "c"})
+    session, csrf = env.login(Role.ADMIN)
+    created = session.post("/api/v1/tokens", headers={"X-CSRF-Token": csrf}, json={"name": "c"})
     dump = "\n".join(env.services.store.db.conn.iterdump())
     stored = load_secrets(env.init.data_dir)
     for secret in (env.init.admin_password, PASSWORD, created.json["secret"],

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from edgefleet.fleet_server.audit import SYSTEM
 from edgefleet.fleet_server.auth.roles import Role
-from tests.fleet_server.support import Env
+from tests.fleet_server.support import ROLES, Env
 
 
 def test_whoami(env: Env) -> None:
@@ -16,8 +17,9 @@ def test_whoami(env: Env) -> None:
 
 def test_token_lifecycle_through_api(env: Env) -> None:
     headers = env.auth(Role.OPERATOR)
-    rv = env.client.post("/api/v1/tokens", headers=headers,
-                         json={"name": "ci", "scopes": ["read"], "ttl_s": 3600})
+    session, csrf = env.login(Role.OPERATOR)  # tokens are created from a console session
+    rv = session.post("/api/v1/tokens", headers={"X-CSRF-Token": csrf},
+                      json={"name": "ci", "scopes": ["read"], "ttl_s": 3600})
     assert rv.status_code == 201
     secret, token = rv.json["secret"], rv.json["token"]
     assert token["role"] == "operator" and token["scopes"] == ["read"]
@@ -96,7 +98,9 @@ def test_every_change_lands_in_the_audit_log(env: Env) -> None:
     user = env.client.post("/api/v1/users", headers=admin,
                            json={"username": "gina", "role": "viewer"}).json["user"]
     env.client.patch(f"/api/v1/users/{user['id']}", headers=admin, json={"role": "operator"})
-    token = env.client.post("/api/v1/tokens", headers=admin, json={"name": "t"}).json["token"]
+    session, csrf = env.login(Role.ADMIN)
+    token = session.post("/api/v1/tokens", headers={"X-CSRF-Token": csrf},
+                         json={"name": "t"}).json["token"]
     env.client.delete(f"/api/v1/tokens/{token['id']}", headers=admin)
     log = env.client.get("/api/v1/audit?limit=4", headers=env.auth(Role.OPERATOR)).json
     assert [e["action"] for e in log["items"]] == [
@@ -113,3 +117,49 @@ def test_every_change_lands_in_the_audit_log(env: Env) -> None:
     assert since["total"] == 0
     bad = env.client.get("/api/v1/audit?since=yesterday", headers=env.auth(Role.OPERATOR))
     assert bad.status_code == 400
+
+
+# -- review regressions ------------------------------------------------------------------
+
+
+def _bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def test_api_tokens_cannot_mint_tokens(env: Env) -> None:
+    """S1: a token could mint a stronger, longer-lived child that outlived its revocation."""
+    _, ownerless = env.services.tokens.create(SYSTEM, name="root", role=Role.ADMIN,
+                                              user_id=None, owner_role=None, ttl_s=3600)
+    for headers in (*(env.auth(role) for role in ROLES), _bearer(ownerless)):
+        rv = env.client.post("/api/v1/tokens", headers=headers,
+                             json={"name": "child", "scopes": ["read", "write"],
+                                   "ttl_s": 10 * 365 * 24 * 3600})
+        assert rv.status_code == 403, rv.json
+        assert rv.json["error"]["code"] == "forbidden"
+    assert env.client.get("/api/v1/tokens", headers=env.auth(Role.ADMIN)).json["total"] == 4
+    client, csrf = env.login(Role.OPERATOR)  # a console session still creates tokens
+    rv = client.post("/api/v1/tokens", headers={"X-CSRF-Token": csrf}, json={"name": "ci"})
+    assert rv.status_code == 201 and rv.json["token"]["role"] == "operator"
+
+
+def test_ownerless_viewer_token_cannot_touch_ownerless_tokens(env: Env) -> None:
+    """S3: None == None let an owner-less viewer token read and revoke owner-less tokens."""
+    admin_token, _ = env.services.tokens.create(SYSTEM, name="root", role=Role.ADMIN,
+                                                user_id=None, owner_role=None)
+    _, viewer = env.services.tokens.create(SYSTEM, name="ro", role=Role.VIEWER,
+                                           user_id=None, owner_role=None)
+    headers = _bearer(viewer)
+    assert env.client.get(f"/api/v1/tokens/{admin_token.id}", headers=headers).status_code == 404
+    rv = env.client.delete(f"/api/v1/tokens/{admin_token.id}", headers=headers)
+    assert rv.status_code == 404
+    assert env.services.tokens.get(admin_token.id).revoked_at is None
+    assert env.client.get("/api/v1/tokens", headers=headers).json["total"] == 0
+
+
+def test_audit_time_filter_out_of_range_is_a_400(env: Env) -> None:
+    """C2: astimezone overflowed (500) for times at the ends of the datetime range."""
+    headers = env.auth(Role.OPERATOR)
+    for query in ("since=9999-12-31T23:59:59-01:00", "until=0001-01-01T00:00:00%2B01:00"):
+        rv = env.client.get(f"/api/v1/audit?{query}", headers=headers)
+        assert rv.status_code == 400, (query, rv.json)
+        assert rv.json["error"]["code"] == "invalid_parameter"

@@ -80,7 +80,7 @@ def test_roles_enforced(api: ApiEnv, tmp_path: Path):
     assert api.client.get(BASE, headers=api.auth("viewer1")).status_code == 200
     assert stage(api, "1.0", "staging", role="viewer1").status_code == 403
     assert stage(api, "1.0", "staging", role="admin1").status_code == 200
-    assert approve(api, "1.0", "admin1").status_code == 200  # an admin may approve anything
+    assert approve(api, "1.0", "admin1").status_code == 200  # an admin approves op1's upload
 
 
 def test_upload_validation(api: ApiEnv, tmp_path: Path):
@@ -189,3 +189,54 @@ def test_four_eyes_follow_the_user_not_the_token(api: ApiEnv, tmp_path: Path):
     r = api.client.post(f"{BASE}/churn/versions/1.0/approve", json={"reason": "me again"},
                         headers={"Authorization": f"Bearer {second}"})
     assert r.status_code == 403 and r.json["error"]["code"] == "approval_forbidden"
+
+
+# -- review regressions ------------------------------------------------------------------
+
+
+def _push_raw_metadata(api: ApiEnv, path: Path, version: str, metadata: str) -> Any:
+    form = {"version": version, "metadata": metadata,
+            "file": (io.BytesIO(path.read_bytes()), "model.onnx")}
+    return api.client.post(f"{BASE}/churn/versions", data=form, headers=api.auth("op1"),
+                           content_type="multipart/form-data")
+
+
+def test_hostile_metadata_is_a_400(api: ApiEnv, tmp_path: Path):
+    """C1/C3: deep nesting gave a 500; NaN/1e999 metrics were stored as invalid JSON."""
+    model = make_onnx(tmp_path / "m.onnx")
+    for i, raw in enumerate((
+        '{"metrics": {"accuracy": NaN}}', '{"metrics": {"accuracy": 1e999}}',
+        '{"reference_profile": {"x": [Infinity]}}',
+        '{"reference_profile": ' + "[" * 600 + "]" * 600 + "}",
+        '{"reference_profile": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    )):
+        r = _push_raw_metadata(api, model, f"1.{i}", raw)
+        assert r.status_code == 400, (raw[:60], r.json)
+        assert r.json["error"]["code"] == "invalid_metadata"
+    assert api.client.get(f"{BASE}/churn/versions", headers=api.auth("op1")).status_code == 404
+
+
+def test_upload_errors_do_not_reveal_server_paths(api: ApiEnv, tmp_path: Path):
+    model = make_onnx(tmp_path / "m.onnx")
+    data_dir = str(api.services.config.data_dir)
+    for data in (b"\x08\x01 definitely not onnx", b"TFL3" * 64, model.read_bytes()[:40]):
+        r = push(api, model, "1.0", data=data)
+        assert r.status_code == 422, r.json
+        text = r.get_data(as_text=True)
+        assert data_dir not in text and ".upload-" not in text and "/tmp" not in text, text
+
+
+def test_admin_self_approval_needs_the_setting(tmp_path: Path):
+    """C4 through the API: four eyes for admins too, unless the setting is off."""
+    model = make_onnx(tmp_path / "m.onnx")
+    strict = make_api_env(tmp_path / "strict", (("admin1", Role.ADMIN),))
+    solo = make_api_env(tmp_path / "solo", (("admin1", Role.ADMIN),),
+                        approval_requires_second_person=False)
+    try:
+        for env, expected in ((strict, 403), (solo, 200)):
+            assert push(env, model, "1.0", role="admin1").status_code == 201
+            assert stage(env, "1.0", "staging", role="admin1").status_code == 200
+            assert approve(env, "1.0", "admin1").status_code == expected
+    finally:
+        strict.services.store.close()
+        solo.services.store.close()

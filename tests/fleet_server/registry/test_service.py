@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from edgefleet.fleet_server.audit import SYSTEM, AuditLog
+from edgefleet.fleet_server.audit import SYSTEM, Actor, ActorKind, AuditLog
+from edgefleet.fleet_server.registry.artifacts import ArtifactStore
 from edgefleet.fleet_server.registry.errors import (
     ApprovalForbiddenError,
     ApprovalRequiredError,
@@ -22,6 +23,7 @@ from edgefleet.fleet_server.registry.errors import (
 from edgefleet.fleet_server.registry.metadata import UploadMetadata
 from edgefleet.fleet_server.registry.service import RegistryService
 from edgefleet.fleet_server.registry.stages import Stage
+from edgefleet.fleet_server.storage import Store
 from edgefleet.tools.modelgen import tflite_models
 
 from .conftest import ALICE, BOB, ROOT, VIEWER, make_onnx
@@ -199,3 +201,42 @@ def test_onnx_quantization_is_read_from_the_graph(svc: RegistryService, tmp_path
     assert rec["quantization"] == "dynamic-int8"
     cmp = svc.compare(("churn", "1.0-int8"), ("churn", "1.0-int8"))
     assert cmp["same_artifact"] and cmp["signature"]["compatible"]
+
+
+# -- review regressions ------------------------------------------------------------------
+
+
+def test_admins_may_not_approve_their_own_upload(svc: RegistryService, onnx_file: Path):
+    """C4: four eyes applied to operators only; an admin could approve their own upload."""
+    with onnx_file.open("rb") as f:
+        svc.upload("churn", "1.0", f, UploadMetadata(), ROOT)
+    svc.transition("churn", "1.0", Stage.STAGING, ROOT)
+    with pytest.raises(ApprovalForbiddenError):
+        svc.approve("churn", "1.0", "mine", ROOT)
+    other_admin = Actor(ActorKind.USER, "u-root2", "root2", "admin")
+    assert svc.approve("churn", "1.0", "second pair of eyes", other_admin)["approved_at"]
+
+
+def test_self_approval_when_a_second_person_is_not_required(
+        db_store: Store, audit: AuditLog, tmp_path: Path, onnx_file: Path):
+    solo = RegistryService(db_store, audit, ArtifactStore(tmp_path / "solo"),
+                           approval_requires_second_person=False)
+    for actor, version in ((ALICE, "1.0"), (ROOT, "2.0")):
+        with onnx_file.open("rb") as f:
+            solo.upload("churn", version, f, UploadMetadata(), actor)
+        solo.transition("churn", version, Stage.STAGING, actor)
+        assert solo.approve("churn", version, "solo team", actor)["approved_at"]
+    with onnx_file.open("rb") as f:
+        solo.upload("churn", "3.0", f, UploadMetadata(), ALICE)
+    solo.transition("churn", "3.0", Stage.STAGING, ALICE)
+    with pytest.raises(ApprovalForbiddenError):  # viewers still never approve
+        solo.approve("churn", "3.0", "ok", VIEWER)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_metrics_are_refused(value: float):
+    """C3: NaN/Infinity metrics were stored and later served as invalid JSON."""
+    with pytest.raises(InvalidMetadataError):
+        UploadMetadata.from_dict({"metrics": {"accuracy": value}})
+    with pytest.raises(InvalidMetadataError):
+        UploadMetadata.from_dict({"reference_profile": {"mean": [1.0, value]}})
