@@ -8,6 +8,7 @@ enrollment token in its body is the credential (401 unknown/forged, 409 already 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -104,11 +105,28 @@ TOKEN_FILTERS: list[dict[str, Any]] = [
 ]
 
 
+def update_roots(services: Services) -> dict[str, Any] | None:
+    """The trusted root metadata of both update repositories, or None before ``keys init``.
+
+    A device verifies every update against these roots (and the newer roots they sign),
+    so they travel only over the enrollment answer, never as a later, unauthenticated hint.
+    """
+    from edgefleet.fleet_server.updates.layout import RepoLayout
+
+    layout = RepoLayout(services.config.data_dir / "repo")
+    if not layout.is_initialised():
+        return None
+    return {
+        "image": json.loads((layout.image_metadata / "root.json").read_text(encoding="utf-8")),
+        "director": json.loads((layout.director_root / "root.json").read_text(encoding="utf-8")),
+    }
+
+
 def enrollment_response(services: Services, enrollment: Any) -> dict[str, Any]:
     """What a newly enrolled device receives (the broker password appears only here).
 
-    ``update_root`` will carry the update repositories' trusted root metadata once the
-    update repository exists; until then it is null and the agent must fetch it later.
+    ``update_root`` holds the update repositories' root metadata, or null when the server
+    has no update repositories yet (``edgefleet keys init`` was not run).
     """
     return {
         "device_id": enrollment.device_id,
@@ -118,7 +136,7 @@ def enrollment_response(services: Services, enrollment: Any) -> dict[str, Any]:
             "username": enrollment.broker_username,
             "password": enrollment.broker_password,
         },
-        "update_root": None,
+        "update_root": update_roots(services),
     }
 
 
@@ -146,7 +164,7 @@ def create_blueprint(services: Services) -> Blueprint:
     @route(bp, "/enroll", ["POST"], role=None,
            summary="Enroll a device with a one-time enrollment token",
            request_schema=ENROLL_SCHEMA,
-           responses={201: "Device id, broker URL and credentials, update_root (null for now)",
+           responses={201: "Device id, broker URL and credentials, update roots",
                       401: "Unknown or forged enrollment token",
                       409: "Token already used, or public key already enrolled",
                       410: "Token expired or revoked"}, tags=TAG)

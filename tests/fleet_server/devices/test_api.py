@@ -32,7 +32,7 @@ def test_enroll_returns_credentials_once_and_refuses_reuse(api: ApiEnv):
     assert body["broker"]["username"] == body["device_id"]
     assert body["broker"]["url"] == api.services.broker_url
     assert len(body["broker"]["password"]) >= 40
-    assert body["update_root"] is None
+    assert body["update_root"] is None  # no update repositories before keys init
     assert r.headers["Cache-Control"] == "no-store"
     devices_svc = api.services.extras["devices"]
     assert devices_svc.verify_broker_password(body["device_id"], body["broker"]["password"])
@@ -154,3 +154,19 @@ def test_unstorable_text_is_a_client_error(api: ApiEnv):
                        ("/enroll", '{"token": "eft_\\ud800", "public_key": "x"}')):
         r = api.client.post(V1 + path, data=body, headers=op)
         assert r.status_code == 400, (path, r.json)
+
+
+def test_enroll_hands_out_both_update_roots_once_keys_exist(api: ApiEnv):
+    from edgefleet.fleet_server.updates.keys import init_keys
+    from edgefleet.fleet_server.updates.repository import Repository
+
+    data_dir = api.services.config.data_dir
+    Repository(data_dir / "repo", init_keys(data_dir / "keys")).initialise()
+    r = enroll(api, new_token(api, ttl_s=600))
+    assert r.status_code == 201, r.json
+    roots = r.json["update_root"]
+    image = json.loads((data_dir / "repo/image/metadata/root.json").read_text())
+    director = json.loads((data_dir / "repo/director/root/root.json").read_text())
+    assert roots == {"image": image, "director": director}
+    assert roots["image"]["signed"]["_type"] == "root"
+    assert roots["image"]["signed"]["roles"]["root"]["threshold"] == 2
