@@ -36,6 +36,7 @@ FEATURES = [
     "edgefleet.fleet_server.auth",
     "edgefleet.fleet_server.registry",
     "edgefleet.fleet_server.devices",
+    "edgefleet.fleet_server.updates",
 ]
 
 

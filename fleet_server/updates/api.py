@@ -11,6 +11,8 @@ Routes (mounted under the app's API prefix; no authentication, the content is si
 
 File names are matched against strict patterns before they touch the file system, so no
 request can leave the repository directory.
+
+The same blueprint carries the device and operator update routes of ``device_api``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from edgefleet.fleet_server.api.errors import error_response
 from edgefleet.fleet_server.api.routing import route
 from edgefleet.fleet_server.services import Services
+from edgefleet.fleet_server.updates.device_api import register_device_routes
 from edgefleet.fleet_server.updates.errors import InvalidRequest
 from edgefleet.fleet_server.updates.keys import load_signers
 from edgefleet.fleet_server.updates.layout import (
@@ -50,17 +53,30 @@ def keys_dir(services: Services) -> Path:
 
 
 def updates_repository(services: Services) -> Repository:
-    """The app's Repository (online keys loaded once), kept in ``services.extras["updates"]``.
+    """The app's Repository, kept in ``services.extras["updates"]``.
+
+    The online keys are loaded again whenever the key folder changes (``keys init`` after
+    the server started, ``keys rotate`` while it runs), so the server never signs with a
+    retired key and needs no restart.
 
     Raises:
         KeyMaterialError: a key file is unreadable or has unsafe permissions.
     """
-    existing = services.extras.get("updates")
-    if isinstance(existing, Repository):
-        return existing
-    repo = Repository(repo_dir(services), load_signers([keys_dir(services)]))
+    directory = keys_dir(services)
+    fingerprint = _key_fingerprint(directory)
+    cached = services.extras.get("updates")
+    if isinstance(cached, Repository) and services.extras.get("updates_keys") == fingerprint:
+        return cached
+    repo = Repository(repo_dir(services), load_signers([directory]))
     services.extras["updates"] = repo
+    services.extras["updates_keys"] = fingerprint
     return repo
+
+
+def _key_fingerprint(directory: Path) -> tuple[tuple[str, int], ...]:
+    if not directory.is_dir():
+        return ()
+    return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in directory.iterdir()))
 
 
 def _serve(path: Path, mimetype: str) -> Any:
@@ -118,4 +134,5 @@ def create_blueprint(services: Services) -> Blueprint:
             abort(404)
         return _serve(_metadata_path(metadata_dir, layout.director_root, filename), JSON)
 
+    register_device_routes(bp, services, lambda: updates_repository(services))
     return bp
