@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from benchmarks import drift, int8, overhead
+from benchmarks import drift, int8, overhead, updates
 from benchmarks.figures import Figure
 from benchmarks.settings import Settings
 
@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         for title, section in (("(a) runner overhead over the raw runtime call", overhead),
                                ("(b) int8 versus float32", int8),
-                               ("(c) drift summaries", drift)):
+                               ("(c) drift summaries", drift),
+                               ("(d) over-the-air updates", updates)):
             print(f"\n{title}", flush=True)
             for figure in section.run(workdir, settings):
                 figures.append(figure)

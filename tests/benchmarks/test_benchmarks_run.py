@@ -26,6 +26,10 @@ FIGURES = [
     "drift.detection-delay",
     "drift.false-alarms",
     "drift.hot-path",
+    "updates.verify",
+    "updates.resume-retransfer",
+    "updates.swap-failures",
+    "updates.swap-p99",
 ]
 
 
