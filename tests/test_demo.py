@@ -28,6 +28,10 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "with its password: Success",
         "with a wrong password: Not authorized",
         "$ edgefleet model promote digits 1.0.0 --to production",
+        "$ edgefleet keys init",
+        "$ edgefleet release publish",
+        "switching -> committed [digits-1.1.0.tar]",
+        ": committed (digits-1.1.0.tar)",
         "Demo finished",
     ]:
         assert expected in out, f"missing {expected!r} in demo output:\n{out[-4000:]}"

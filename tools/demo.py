@@ -95,9 +95,11 @@ class _Demo:
             self.show(proc.stdout)
         return proc.stdout
 
-    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+            quiet: bool = False) -> Any:
         """Call the fleet server's JSON API with the demo's API token."""
-        self.say(f"$ {method} /api/v1{path}" + (f" {json.dumps(body)}" if body else ""))
+        if not quiet:
+            self.say(f"$ {method} /api/v1{path}" + (f" {json.dumps(body)}" if body else ""))
         request = urllib.request.Request(  # noqa: S310 - http(s) URL of the configured fleet server
             f"{self.api_url}/api/v1{path}", method=method,
             data=json.dumps(body).encode() if body is not None else None,
@@ -188,6 +190,9 @@ def _fleet_server(demo: _Demo, options: DemoOptions) -> Iterator[Path]:
     demo.step("Initialise a fleet server: database, generated secrets, first admin")
     out = demo.cli("server", "init", "--data-dir", str(data_dir), show=False)
     demo.show(re.sub(r"(password[^:]*:\s*)\S+", r"\1******** (hidden in the demo)", out))
+    demo.step("Create the update repositories' signing keys (root: 2 of 3, kept offline)")
+    demo.cli("keys", "init", "--data-dir", str(data_dir), "--offline-dir",
+             str(demo.work / "offline-keys"))
 
     http_port = options.http_port or free_port()
     mqtt_port = options.mqtt_port or free_port()
@@ -267,22 +272,55 @@ def _fleet_steps(demo: _Demo, data_dir: Path, models: _Models) -> None:
     demo.step("The device connects to the embedded broker with its own credentials")
     _broker_check(demo, device_dir)
 
-    demo.step("Register the int8 model, stage it, approve it, put it in production")
-    demo.cli("model", "push", str(models.int8_model), "--name", "digits", "--version", "1.0.0",
+    demo.step("Register the float model, stage it, approve it, put it in production")
+    demo.cli("model", "push", str(models.float_model), "--name", "digits", "--version", "1.0.0",
              env=env)
     demo.cli("model", "promote", "digits", "1.0.0", "--to", "staging",
-             "--reason", "passed the quantization gate", env=env)
+             "--reason", "97% held-out accuracy", env=env)
     demo.say("   (approval needs a second person: the uploader may not approve its own upload)")
     demo.cli("model", "approve", "digits", "1.0.0",
-             "--reason", "accuracy within 1 point of float; benchmarked", env=reviewer_env)
+             "--reason", "accuracy checked on held-out digits", env=reviewer_env)
     demo.cli("model", "promote", "digits", "1.0.0", "--to", "production",
              "--reason", "approved", env=env)
+
+    demo.step("Release the int8 model over the air: a signed bundle with drift reference")
+    releases = demo.work / "releases"
+    releases.mkdir(exist_ok=True)
+    bundle = demo.cli("release", "build", str(models.int8_model), "--name", "digits",
+                      "--version", "1.1.0", "--parent", "1.0.0",
+                      "--baseline", str(models.float_model), "--reference", str(models.eval_x),
+                      "--eval", str(models.eval_x), "--labels", str(models.eval_y),
+                      "-o", str(releases)).strip().splitlines()[-1]
+    demo.cli("release", "publish", bundle, "--data-dir", str(data_dir),
+             "--offline-dir", str(demo.work / "offline-keys"))
+    device_id = _enrolled_id(device_dir)
+    demo.api("PUT", f"/devices/{device_id}/assignment", {"model": "digits", "version": "1.1.0"})
+
+    demo.step("The device verifies both signed repositories, installs, warms up, switches")
+    demo.cli("agent", "update", "--state-dir", str(device_dir), "--once")
+    view = _wait_for_update_state(demo, device_id, "committed")
+    demo.show(f"the server sees {device_id}: {view['state']} "
+              f"({view['assignment']['target']})")
 
     demo.step("Every change is in the append-only audit log")
     audit = demo.api("GET", "/audit?limit=50")
     for entry in reversed(audit["items"]):
         demo.show(f"{entry['ts']}  {entry['actor']['name']:<20} {entry['action']:<28} "
                   f"{entry['target_type']}:{entry['target_id']}")
+
+
+def _enrolled_id(device_dir: Path) -> str:
+    return str(json.loads((device_dir / "enrollment.json").read_text())["device_id"])
+
+
+def _wait_for_update_state(demo: _Demo, device_id: str, state: str) -> dict[str, Any]:
+    """The server's view of the device once its reported update state is ``state``."""
+    deadline = time.monotonic() + 20
+    while True:
+        view: dict[str, Any] = demo.api("GET", f"/devices/{device_id}/update", quiet=True)
+        if view.get("state") == state or time.monotonic() > deadline:
+            return view
+        time.sleep(0.2)
 
 
 def _create_token(demo: _Demo, data_dir: Path, name: str) -> str:
