@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from edgefleet.fleet_server.audit import Actor, ActorKind, AuditLog
+from edgefleet.fleet_server.broker.mosquitto import mosquitto_hash
 from edgefleet.fleet_server.devices.credentials import (
     TOKEN_PREFIX,
     hash_secret,
@@ -189,6 +190,7 @@ class EnrollmentService:
                 "public_key_pem": pem,
                 "key_fingerprint": fingerprint,
                 "broker_password_hash": hash_secret(password),
+                "broker_mosquitto_hash": mosquitto_hash(password),
                 "inventory": json.dumps({"hardware": hardware}, default=str),
                 "enrolled_at": now.isoformat(),
                 "enrollment_token_id": tok["id"],

@@ -56,4 +56,10 @@ def _v1(db: Database) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [(1, _v1)]
+def _v2(db: Database) -> None:
+    # The broker password also hashed in Mosquitto's own format ($7$ PBKDF2-SHA512), so
+    # `edgefleet server mosquitto-config` can write a password file without plaintext.
+    db.execute("ALTER TABLE devices ADD COLUMN broker_mosquitto_hash TEXT")
+
+
+MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [(1, _v1), (2, _v2)]

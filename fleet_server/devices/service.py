@@ -95,6 +95,17 @@ class DeviceService:
             return False
         return secret_matches(password, rows[0]["broker_password_hash"])
 
+    def mosquitto_entries(self) -> list[tuple[str, str]]:
+        """``(device_id, $7$ hash)`` of every active device, for Mosquitto's password file.
+
+        Devices enrolled before these hashes were stored have none and are left out (they
+        need new broker credentials before they can use Mosquitto).
+        """
+        rows = self._store.db.execute(
+            "SELECT id, broker_mosquitto_hash FROM devices WHERE status = ? AND "
+            "broker_mosquitto_hash IS NOT NULL ORDER BY id", [DeviceStatus.ACTIVE.value])
+        return [(str(r[0]), str(r[1])) for r in rows.fetchall()]
+
     def is_active(self, device_id: str) -> bool:
         """Whether ``device_id`` is enrolled and not decommissioned."""
         return bool(self._store.db["devices"].count_where(
@@ -191,6 +202,7 @@ class DeviceService:
             db["devices"].update(device_id, {
                 "status": DeviceStatus.DECOMMISSIONED.value,
                 "broker_password_hash": None,
+                "broker_mosquitto_hash": None,
                 "decommissioned_at": self._clock().isoformat(),
                 "decommission_reason": reason,
             })

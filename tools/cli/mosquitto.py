@@ -45,7 +45,9 @@ def load_device_passwords(path: Path) -> list[tuple[str, str]]:
 def entries_from_data_dir(data_dir: Path, devices_file: Path | None,
                           iterations: int) -> tuple[str, EntrySource]:
     """The service user (from ``secrets.json``) and a source of every password entry:
-    the service user's, then each device of ``devices_file`` (none when it is None)."""
+    the service user's, each device of ``devices_file`` (plaintext, for devices
+    provisioned outside the server), then every active device enrolled with this server
+    (from the hashes stored at enrollment: no plaintext involved)."""
     from edgefleet.fleet_server.broker.mosquitto import hash_password_entries
     from edgefleet.fleet_server.datadir import DataDirError, load_secrets
 
@@ -56,10 +58,25 @@ def entries_from_data_dir(data_dir: Path, devices_file: Path | None,
 
     def source() -> list[tuple[str, str]]:
         devices = load_device_passwords(devices_file) if devices_file is not None else []
-        return hash_password_entries(found.broker_username, found.broker_password, devices,
-                                     iterations=iterations)
+        entries = hash_password_entries(found.broker_username, found.broker_password, devices,
+                                        iterations=iterations)
+        listed = {user for user, _ in entries}
+        enrolled = [(user, h) for user, h in _enrolled_entries(data_dir) if user not in listed]
+        return entries + enrolled
 
     return found.broker_username, source
+
+
+def _enrolled_entries(data_dir: Path) -> list[tuple[str, str]]:
+    from edgefleet.fleet_server.audit import AuditLog
+    from edgefleet.fleet_server.devices.service import DeviceService
+    from edgefleet.tools.cli.server import open_store
+
+    store = open_store(data_dir)
+    try:
+        return DeviceService(store, AuditLog(store)).mosquitto_entries()
+    finally:
+        store.close()
 
 
 def reload_mosquitto(pid_file: Path) -> int:

@@ -33,7 +33,7 @@ def _load_config(data_dir: Path, config_file: Path | None = None, **overrides: A
         raise click.ClickException(str(e)) from None
 
 
-def _open_store(data_dir: Path) -> Any:
+def open_store(data_dir: Path) -> Any:
     """The store of an initialised data dir, migrated; ClickException otherwise."""
     from edgefleet.fleet_server.app import all_components
     from edgefleet.fleet_server.datadir import DataDirError, load_secrets
@@ -129,7 +129,7 @@ def register(cli: click.Group, groups: dict[str, click.Group]) -> None:
         from edgefleet.fleet_server.auth.roles import Role, Scope
         from edgefleet.fleet_server.auth.tokens import TokenService
 
-        store = _open_store(data_dir)
+        store = open_store(data_dir)
         try:
             config = _load_config(data_dir)
             actor = Actor(ActorKind.SYSTEM, "cli", "server-cli", "admin")
@@ -151,7 +151,7 @@ def register(cli: click.Group, groups: dict[str, click.Group]) -> None:
         from edgefleet.fleet_server.audit import AuditLog
         from edgefleet.fleet_server.auth.tokens import TokenService
 
-        store = _open_store(data_dir)
+        store = open_store(data_dir)
         try:
             items, _ = TokenService(store, AuditLog(store)).list(limit=500)
         finally:
@@ -169,7 +169,7 @@ def register(cli: click.Group, groups: dict[str, click.Group]) -> None:
         from edgefleet.fleet_server.auth.errors import NotFound
         from edgefleet.fleet_server.auth.tokens import TokenService
 
-        store = _open_store(data_dir)
+        store = open_store(data_dir)
         try:
             actor = Actor(ActorKind.SYSTEM, "cli", "server-cli", "admin")
             TokenService(store, AuditLog(store)).revoke(actor, token_id)

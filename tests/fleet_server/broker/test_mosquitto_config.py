@@ -376,3 +376,45 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     no_pid = CliRunner().invoke(cli, ["server", "mosquitto-config", "--data-dir",
                                       str(data_dir), "--out", str(tmp_path / "o"), "--reload"])
     assert no_pid.exit_code != 0 and "--pid-file" in no_pid.output
+
+
+def test_cli_takes_enrolled_devices_from_the_database(tmp_path: Path) -> None:
+    """Devices enrolled with the server reach Mosquitto without any plaintext file, and
+    a decommissioned one is refused after the next regeneration."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edgefleet.fleet_server.audit import Actor, ActorKind, AuditLog
+    from edgefleet.fleet_server.devices.enrollment import EnrollmentService
+    from edgefleet.fleet_server.devices.service import DeviceService
+    from edgefleet.fleet_server.storage import Store
+
+    data_dir, out = tmp_path / "data", tmp_path / "mosquitto"
+    init_data_dir(data_dir, all_components())
+    store = Store.open(data_dir / "edgefleet.db")
+    store.migrate(all_components())
+    audit = AuditLog(store)
+    operator = Actor(ActorKind.SYSTEM, "test", "test", "admin")
+    enrollment = EnrollmentService(store, audit)
+    _, secret = enrollment.create_token(operator, ttl_s=600)
+    public_pem = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    device = enrollment.enroll(secret, public_pem)
+    port = free_port()
+    args = ["server", "mosquitto-config", "--data-dir", str(data_dir), "--out", str(out),
+            "--port", str(port), "--bind", "127.0.0.1", "--run-as", getpass.getuser()]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert device.broker_password not in (out / "edgefleet.passwd").read_text()
+    files = MosquittoFiles(out / "mosquitto.conf", out / "edgefleet.passwd", out / "edgefleet.acl")
+    running = start_mosquitto(files, port, tmp_path / "none.log")
+    try:
+        assert _connects(port, device.device_id, device.broker_password)
+        assert not _connects(port, device.device_id, "not-the-password")
+    finally:
+        running.stop()
+    DeviceService(store, audit).decommission(device.device_id, operator, "test")
+    store.close()
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert device.device_id not in (out / "edgefleet.passwd").read_text()
