@@ -38,8 +38,12 @@ def test_rounded_round_trip_keeps_structure_and_values(n: int) -> None:
     back = kll.decode(kll.encode(s, precision=3))
     assert (back.n, back.num_retained) == (s.n, s.num_retained)
     (xa, wa), (xb, wb) = kll.items_and_weights(s), kll.items_and_weights(back)
-    assert np.array_equal(wa, wb)
+    # Rounding is monotone, so the sorted items still line up one to one; only items that
+    # round to the same value may trade places (the sketch's compaction is random, so
+    # which ones do varies from run to run). Their weights must agree per rounded value.
     assert np.all(np.abs(xa - xb) <= 3.1e-5 * np.maximum(np.abs(xa), 1e-30))
+    _, group = np.unique(xb, return_inverse=True)
+    assert np.array_equal(np.bincount(group, weights=wa), np.bincount(group, weights=wb))
     if n:
         assert (back.get_min_value(), back.get_max_value()) == \
             (s.get_min_value(), s.get_max_value())
