@@ -28,6 +28,7 @@ import os
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -329,7 +330,38 @@ def _swap_figures(workdir: Path, settings: Settings) -> Iterator[Figure]:
     )
 
 
+CRASH_ITERATIONS = 200  # the test suite runs the same harness 20 times
+CRASH_ITERATIONS_QUICK = 20  # as in the test suite: every state change of a good and a bad
+# update, plus kills at random times
+
+
+def _crash_figures(workdir: Path, settings: Settings) -> Iterator[Figure]:
+    """SIGKILL the updater at random points for hundreds of updates (tests run 20)."""
+    from tests.agent.update.crash_harness import build_bundles, run_crash_schedule
+
+    iterations = CRASH_ITERATIONS_QUICK if _quick(settings) else CRASH_ITERATIONS
+    root = workdir / "crash"
+    started = time.monotonic()
+    try:
+        stats = run_crash_schedule(root, build_bundles(root / "bundles"), iterations)
+        broken, detail = 0, (
+            f"{stats['iterations']} updates, SIGKILLs after each state change "
+            f"{stats['events']}, at random times {stats['timed']}, while resuming "
+            f"{stats['during_resume']}; committed {stats['committed']}, rolled back "
+            f"{stats['rolled_back']}; {time.monotonic() - started:.0f} s")
+    except AssertionError as e:  # the harness asserts the invariant after every kill
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        broken, detail = 1, (f"inconsistent after a kill: {where.line} "
+                             f"({str(e).strip()[:200] or 'assertion failed'})")
+    yield Figure(
+        key="updates.crash-consistency",
+        label="updates left without a verified, loadable active model after SIGKILL",
+        value=float(broken), unit="", goal=0.0, direction=Goal.AT_MOST, detail=detail,
+    )
+
+
 def run(workdir: Path, settings: Settings) -> Iterator[Figure]:
-    """Yield the verification, resume and hot-swap figures."""
+    """Yield the verification, resume, hot-swap and crash-consistency figures."""
     yield from _transfer_figures(workdir, settings)
     yield from _swap_figures(workdir, settings)
+    yield from _crash_figures(workdir, settings)

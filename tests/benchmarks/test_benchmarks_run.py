@@ -30,6 +30,7 @@ FIGURES = [
     "updates.resume-retransfer",
     "updates.swap-failures",
     "updates.swap-p99",
+    "updates.crash-consistency",
 ]
 
 
