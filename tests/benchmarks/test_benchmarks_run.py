@@ -31,6 +31,7 @@ FIGURES = [
     "updates.swap-failures",
     "updates.swap-p99",
     "updates.crash-consistency",
+    "daemon.hot-path",
 ]
 
 
