@@ -37,6 +37,8 @@ FEATURES = [
     "edgefleet.fleet_server.registry",
     "edgefleet.fleet_server.devices",
     "edgefleet.fleet_server.updates",
+    "edgefleet.fleet_server.ingest",
+    "edgefleet.fleet_server.fleetdrift",
 ]
 
 

@@ -54,6 +54,10 @@ class ServerConfig:
     log_level: str = "INFO"
     # Four eyes: nobody (admins included) approves their own upload for production.
     approval_requires_second_person: bool = True
+    # Fleet drift: how often new drift windows are evaluated, and where alerts are sent.
+    drift_evaluation_interval_s: float = 60.0
+    drift_webhook_url: str = ""  # empty: no webhook
+    drift_webhook_timeout_s: float = 5.0
 
     @property
     def db_path(self) -> Path:
@@ -123,9 +127,13 @@ def _validate(config: ServerConfig) -> None:
                  "login_max_failures_per_ip"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name}: must be positive")
-    for name in ("housekeeping_interval_s", "login_window_s"):
+    for name in ("housekeeping_interval_s", "login_window_s", "drift_evaluation_interval_s",
+                 "drift_webhook_timeout_s"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name}: must be positive")
+    if config.drift_webhook_url and not config.drift_webhook_url.startswith(
+            ("http://", "https://")):
+        raise ConfigError("drift_webhook_url: must start with http:// or https://")
     if config.log_level.upper() not in _LOG_LEVELS:
         raise ConfigError(f"log_level: must be one of {sorted(_LOG_LEVELS)}")
     if config.mqtt_url and not config.mqtt_url.startswith(("mqtt://", "mqtts://")):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import logging
 import signal
 import threading
@@ -31,6 +32,7 @@ from edgefleet.fleet_server.broker_auth import ServerBrokerAuth
 from edgefleet.fleet_server.config import ServerConfig
 from edgefleet.fleet_server.datadir import load_secrets
 from edgefleet.fleet_server.devices import device_service
+from edgefleet.fleet_server.ingest import IngestionHandle, start_ingestion
 from edgefleet.fleet_server.scheduler import Scheduler
 from edgefleet.fleet_server.services import Services
 from edgefleet.fleet_server.storage import Store
@@ -74,6 +76,7 @@ class FleetServer:
         self._http: Any = None
         self._broker: EmbeddedBroker | None = None
         self._scheduler: Scheduler | None = None
+        self._ingest: IngestionHandle | None = None
         self.services: Services | None = None
         self._started = False
 
@@ -93,7 +96,7 @@ class FleetServer:
         return f"mqtt://{self.config.mqtt_host}:{self.config.mqtt_port}"
 
     def start(self) -> None:
-        """Open the data dir, bind HTTP, start the broker and scheduler.
+        """Open the data dir, bind HTTP, start the broker, telemetry ingestion and scheduler.
 
         Raises:
             PortInUse: the HTTP or MQTT port is taken.
@@ -130,6 +133,15 @@ class FleetServer:
                 raise PortInUse(str(e)) from e
             except BrokerError as e:
                 raise ServerError(str(e)) from e
+        # Telemetry ingestion subscribes as the server's own broker account, to the embedded
+        # broker or the external one; it connects (and reconnects) in the background.
+        # A persistent broker session keeps messages for the server while it is down; its
+        # client id is stable per installation but distinct between installations that
+        # share one external broker (derived from, never revealing, the session key).
+        installation = hashlib.sha256(b"ingest:" + secrets.session_key.encode()).hexdigest()
+        self._ingest = start_ingestion(services, self.mqtt_url, secrets.broker_username,
+                                       secrets.broker_password,
+                                       client_id=f"edgefleet-ingest-{installation[:12]}")
         self._start_scheduler(services)
         self._started = True
         log.info("fleet server listening on %s (MQTT %s)", self.http_url, self.mqtt_url)
@@ -181,7 +193,7 @@ class FleetServer:
                 wasyncore.close_all(http._map)
             except Exception:
                 log.exception("error while stopping the HTTP server")
-        for name in ("_scheduler", "_broker"):
+        for name in ("_scheduler", "_ingest", "_broker"):
             part = getattr(self, name)
             setattr(self, name, None)
             if part is not None:

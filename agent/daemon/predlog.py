@@ -174,7 +174,8 @@ class PredictionLog:
             if self.summarizer is None:
                 return
             for window in self.summarizer.finish(start, end):
-                self._send(Channel.DRIFT, window.summary.to_dict())
+                self._send(Channel.DRIFT, {"model": window.model, "version": window.version,
+                                           "summary": window.summary.to_dict()})
                 event = drift_event(window)
                 if event is not None:
                     self._send(Channel.EVENTS, event)

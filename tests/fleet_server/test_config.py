@@ -108,7 +108,8 @@ def test_every_documented_env_var_is_read(tmp_path: Path) -> None:
     values = {"str": "mqtt://h:1", "int": "7", "float": "1.5", "bool": "false"}
     for name, (env, kind, _) in _docs_rows().items():
         value = values[kind] if name in {"mqtt_url", "mqtt_public_url"} or kind != "str" \
-            else "DEBUG" if name == "log_level" else "x"
+            else "DEBUG" if name == "log_level" \
+            else "https://hooks.example/drift" if name == "drift_webhook_url" else "x"
         config = load_config(tmp_path, env={env: value})
         assert str(getattr(config, name)).lower() == value.lower(), name
 
@@ -126,3 +127,8 @@ def test_upload_limit_defaults_to_64_mib_and_caps_waitress(tmp_path: Path) -> No
         assert server._http.adj.max_request_body_size == config.max_upload_bytes
     finally:
         server.stop()
+
+
+def test_drift_webhook_url_must_be_http(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="drift_webhook_url"):
+        load_config(tmp_path, env={"EDGEFLEET_DRIFT_WEBHOOK_URL": "file:///etc/passwd"})

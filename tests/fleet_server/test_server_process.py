@@ -322,3 +322,35 @@ def test_external_broker_instead_of_embedded(tmp_path: Path, mosquitto: BrokerEn
             mqtt_connect(server.mqtt_port, "x", "y")
     finally:
         assert server.stop() == 0, server.output
+
+
+def test_device_telemetry_reaches_the_running_server(running: Running, tmp_path: Path) -> None:
+    """`server run` ingests what an enrolled agent publishes through the embedded broker."""
+    from edgefleet.agent.enroll import enroll
+    from edgefleet.agent.telemetry import Channel, TelemetryClient, TelemetryConfig
+
+    url = running.server.url
+    rv = running.session.post(f"{url}/enrollment-tokens", json={"ttl_s": 600},
+                              headers={"X-CSRF-Token": running.csrf}, timeout=WAIT_S)
+    assert rv.status_code == 201, rv.text
+    result = enroll(url.removesuffix("/api/v1"), rv.json()["token"], tmp_path / "device")
+    client = TelemetryClient.from_enrollment(tmp_path / "device",
+                                             config=TelemetryConfig(heartbeat_s=0.5),
+                                             models={"clf": "1.0.0"})
+    client.start()
+    try:
+        client.publish(Channel.EVENTS, {"events": [{"ts": 1.0, "kind": "state",
+                                                    "state": "idle"}]})
+        deadline = time.monotonic() + WAIT_S
+        view: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            rv = running.session.get(f"{url}/devices/{result.device_id}/telemetry",
+                                     timeout=WAIT_S)
+            view = rv.json() if rv.status_code == 200 else {}
+            if view and view["presence"]["state"] == "online" and view["heartbeat"]:
+                break
+            time.sleep(0.2)
+        assert view["presence"]["state"] == "online", view
+        assert view["inventory"]["models"] == {"clf": "1.0.0"}
+    finally:
+        client.stop()

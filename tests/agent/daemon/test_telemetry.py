@@ -39,12 +39,13 @@ def test_predictions_drift_and_heartbeats_reach_the_broker(
             client.predict("mlp", {"input": rng.uniform(-1, 1, (10, 16)).tolist()})
 
         def drift_rows() -> int:
-            return sum(int(e.body["features"][0]["m"][0])
+            return sum(int(e.body["summary"]["features"][0]["m"][0])
                        for e in collector.unique(device, Channel.DRIFT).values())
 
         wait_until(lambda: drift_rows() == 1000, 30, "drift windows of 1,000 rows")
         for env in collector.unique(device, Channel.DRIFT).values():
-            summary = WindowSummary.from_dict(env.body, reference)  # what the server checks
+            assert (env.body["model"], env.body["version"]) == ("mlp", "1.0.0")
+            summary = WindowSummary.from_dict(env.body["summary"], reference)  # as the server
             assert summary.model_version == "1.0.0"
         wait_until(lambda: sum(len(e.body["records"]) for e in
                                collector.unique(device, Channel.PREDICTIONS).values()) > 0,

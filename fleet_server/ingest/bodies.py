@@ -1,0 +1,220 @@
+"""Per-channel body validation (pure): what the server accepts inside a valid envelope.
+
+Bodies may carry extra keys (forward compatibility); the keys below are checked. See
+docs/ingest.md for the formats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edgefleet.agent.drift import DriftError, ReferenceProfile, WindowSummary
+from edgefleet.agent.telemetry.envelope import Channel, Status
+from edgefleet.fleet_server.ingest.errors import BodyError
+
+MAX_NAME_CHARS = 128
+MAX_MODELS = 256
+MAX_RECORDS = 10_000
+MAX_EVENTS = 100
+MAX_NUMBER = 1e15
+
+#: ``(model, version) -> ReferenceProfile`` or None when the registry has no such version
+#: (or it has no reference profile).
+ReferenceLookup = Callable[[str, str], ReferenceProfile | None]
+
+
+@dataclass(frozen=True)
+class Birth:
+    inventory: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StatusBody:
+    state: Status
+
+
+@dataclass(frozen=True)
+class ModelLatency:
+    model: str
+    predictions: int | None
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    body: Mapping[str, Any]
+    latency: tuple[ModelLatency, ...]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    model: str
+    version: str | None
+    records: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Drift:
+    model: str
+    version: str
+    summary: WindowSummary
+
+
+@dataclass(frozen=True)
+class Events:
+    events: tuple[Mapping[str, Any], ...]
+
+
+Body = Birth | StatusBody | Heartbeat | Predictions | Drift | Events
+
+
+def _name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME_CHARS:
+        raise BodyError(f"{what} must be a string of 1-{MAX_NAME_CHARS} characters")
+    if not value.isprintable():
+        raise BodyError(f"{what} must be printable")
+    return value
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BodyError(f"{what} must be a number")
+    out = float(value)
+    if not math.isfinite(out) or not 0 <= out <= MAX_NUMBER:
+        raise BodyError(f"{what} must be a finite number in [0, {MAX_NUMBER:g}]")
+    return out
+
+
+def _count(value: object, what: str) -> int:
+    if type(value) is not int or not 0 <= value <= 2**63 - 1:
+        raise BodyError(f"{what} must be a non-negative integer")
+    return value
+
+
+def _object(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise BodyError(f"{what} must be a JSON object")
+    return value
+
+
+def _name_map(value: object, what: str) -> dict[str, str]:
+    mapping = _object(value, what)
+    if len(mapping) > MAX_MODELS:
+        raise BodyError(f"{what} has more than {MAX_MODELS} entries")
+    return {_name(k, f"{what} key"): _name(v, f"{what}[{k!r}]") for k, v in mapping.items()}
+
+
+def birth(body: Mapping[str, Any]) -> Birth:
+    _name(body.get("agent_version"), "birth agent_version")
+    _name_map(body.get("models"), "birth models")
+    for key in ("runtimes",):
+        if key in body:
+            _name_map(body[key], f"birth {key}")
+    if "hardware" in body:
+        _object(body["hardware"], "birth hardware")
+    return Birth(dict(body))
+
+
+def status(body: Mapping[str, Any]) -> StatusBody:
+    try:
+        state = Status(body.get("state"))
+    except ValueError:
+        raise BodyError("status state must be 'online' or 'offline'") from None
+    return StatusBody(state)
+
+
+def _latency(model: str, value: object) -> ModelLatency:
+    stats = _object(value, f"heartbeat models[{model!r}]")
+    predictions = (_count(stats["predictions"], f"heartbeat {model} predictions")
+                   if stats.get("predictions") is not None else None)
+    p50 = p95 = None
+    if stats.get("latency_ms") is not None:
+        lat = _object(stats["latency_ms"], f"heartbeat {model} latency_ms")
+        if lat.get("p50") is not None:
+            p50 = _number(lat["p50"], f"heartbeat {model} latency p50")
+        if lat.get("p95") is not None:
+            p95 = _number(lat["p95"], f"heartbeat {model} latency p95")
+    return ModelLatency(model, predictions, p50, p95)
+
+
+def heartbeat(body: Mapping[str, Any]) -> Heartbeat:
+    _number(body.get("uptime_s"), "heartbeat uptime_s")
+    for key in ("rss_bytes", "cpu_percent"):
+        if body.get(key) is not None:
+            _number(body[key], f"heartbeat {key}")
+    for key in ("outbox", "inbound"):
+        if key in body:
+            for name, value in _object(body[key], f"heartbeat {key}").items():
+                _count(value, f"heartbeat {key}.{name}")
+    latency: list[ModelLatency] = []
+    if "models" in body:
+        models = _object(body["models"], "heartbeat models")
+        if len(models) > MAX_MODELS:
+            raise BodyError(f"heartbeat models has more than {MAX_MODELS} entries")
+        latency = [_latency(_name(k, "heartbeat model"), v) for k, v in models.items()]
+    return Heartbeat(dict(body), tuple(latency))
+
+
+def predictions(body: Mapping[str, Any]) -> Predictions:
+    model = _name(body.get("model"), "predictions model")
+    version = _name(body["version"], "predictions version") if "version" in body else None
+    records = body.get("records")
+    if not isinstance(records, list) or not 1 <= len(records) <= MAX_RECORDS:
+        raise BodyError(f"predictions records must be a list of 1-{MAX_RECORDS} objects")
+    for i, record in enumerate(records):
+        rec = _object(record, f"predictions records[{i}]")
+        if "ts" in rec:
+            _number(rec["ts"], f"predictions records[{i}].ts")
+    return Predictions(model, version, tuple(records))
+
+
+def drift(body: Mapping[str, Any], reference: ReferenceLookup) -> Drift:
+    if set(body) != {"model", "version", "summary"}:
+        raise BodyError("drift body must have exactly the keys model, version, summary")
+    model = _name(body["model"], "drift model")
+    version = _name(body["version"], "drift version")
+    profile = reference(model, version)
+    if profile is None:
+        raise BodyError(f"no reference profile for {model} {version}", unknown_version=True)
+    try:
+        summary = WindowSummary.from_dict(body["summary"], profile)
+    except DriftError as e:
+        raise BodyError(f"drift summary: {e}") from e
+    return Drift(model, version, summary)
+
+
+def events(body: Mapping[str, Any]) -> Events:
+    items = body.get("events")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_EVENTS:
+        raise BodyError(f"events must be a list of 1-{MAX_EVENTS} objects")
+    for i, item in enumerate(items):
+        event = _object(item, f"events[{i}]")
+        _name(event.get("kind"), f"events[{i}].kind")
+        _number(event.get("ts"), f"events[{i}].ts")
+    return Events(tuple(items))
+
+
+def validate_body(channel: Channel, body: Mapping[str, Any], reference: ReferenceLookup) -> Body:
+    """The validated body of a device → server message.
+
+    Raises:
+        BodyError: the body does not match the channel's format (``unknown_version`` set
+            when a drift window names a model version without a reference profile).
+    """
+    if channel is Channel.BIRTH:
+        return birth(body)
+    if channel is Channel.STATUS:
+        return status(body)
+    if channel is Channel.HEARTBEAT:
+        return heartbeat(body)
+    if channel is Channel.PREDICTIONS:
+        return predictions(body)
+    if channel is Channel.DRIFT:
+        return drift(body, reference)
+    if channel is Channel.EVENTS:
+        return events(body)
+    raise BodyError(f"channel {channel.value} is not a device channel")
