@@ -96,7 +96,7 @@ class ResumableFetcher(FetcherInterface):
         """A plain GET (metadata): raises DownloadHTTPError on an HTTP error status."""
         response = self._request(url, {})
         if response.status >= 400:
-            response.release_conn()
+            _discard(response)
             raise exceptions.DownloadHTTPError(
                 f"HTTP error {response.status} for {url}", response.status)
         return self._chunks(response, url)
@@ -142,19 +142,19 @@ class ResumableFetcher(FetcherInterface):
             return  # complete: the caller checks length and hashes
         response = self._request(url, {"Range": f"bytes={have}-"} if have else {})
         if response.status == 416 and have:
-            response.release_conn()
+            _discard(response)
             log.warning("server refused to resume %s at %d bytes; starting over", url, have)
             partial.unlink()
             have = 0
             response = self._request(url, {})
         if response.status >= 400:
-            response.release_conn()
+            _discard(response)
             raise exceptions.DownloadHTTPError(
                 f"HTTP error {response.status} for {url}", response.status)
         if response.status == 206:
             start = _range_start(response.headers.get("Content-Range", ""))
             if start != have:
-                response.release_conn()
+                _discard(response)
                 partial.unlink(missing_ok=True)
                 raise exceptions.DownloadError(
                     f"{url}: asked for bytes from {have}, the server sent a range from {start}")
@@ -229,6 +229,17 @@ class ResumableFetcher(FetcherInterface):
             if not finished:
                 response.close()  # unread bytes left: the connection cannot be reused
             response.release_conn()
+
+
+def _discard(response: urllib3.BaseHTTPResponse) -> None:
+    """Give up a response without reading its body.
+
+    The connection is closed, not returned to the pool: a pooled connection with an
+    unread body (a 404's JSON error, say) would hand those bytes to the next request as
+    its status line.
+    """
+    response.close()
+    response.release_conn()
 
 
 def _range_start(content_range: str) -> int | None:

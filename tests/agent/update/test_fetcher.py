@@ -257,3 +257,37 @@ def test_bundle_verifier_resumes_against_the_real_server(tmp_path: Path) -> None
         second, _ = verifier()
         bundle = second.download(second.check(), tmp_path / "out")
         assert bundle.path.read_bytes() == source.read_bytes()
+
+
+class _KeepAliveHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive: a 404 with a JSON body, then real metadata."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        body = b'{"error": {"code": "not_found"}}' if "missing" in self.path else b'{"ok": 1}'
+        self.send_response(404 if "missing" in self.path else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_an_error_body_never_reaches_the_next_request(tmp_path: Path) -> None:
+    """Regression: a 404's unread body stayed on the pooled keep-alive connection and the
+    next request read it as its status line (seen as BadStatusLine in an end-to-end run)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    fetcher = ResumableFetcher(tmp_path / "dl", socket_timeout_s=5)
+    try:
+        for _ in range(3):
+            with pytest.raises(exceptions.DownloadHTTPError):
+                b"".join(fetcher.fetch(f"{base}/missing/2.root.json"))
+            assert b"".join(fetcher.fetch(f"{base}/timestamp.json")) == b'{"ok": 1}'
+    finally:
+        server.shutdown()
+        server.server_close()
