@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from benchmarks import daemon, drift, int8, overhead, updates
+from benchmarks import daemon, drift, int8, overhead, telemetry, updates
 from benchmarks.figures import Figure
 from benchmarks.settings import Settings
 
@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                ("(b) int8 versus float32", int8),
                                ("(c) drift summaries", drift),
                                ("(d) over-the-air updates", updates),
-                               ("(e) agent daemon", daemon)):
+                               ("(e) agent daemon", daemon),
+                               ("(f) telemetry and ingestion", telemetry)):
             print(f"\n{title}", flush=True)
             for figure in section.run(workdir, settings):
                 figures.append(figure)

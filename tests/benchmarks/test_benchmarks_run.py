@@ -32,6 +32,10 @@ FIGURES = [
     "updates.swap-p99",
     "updates.crash-consistency",
     "daemon.hot-path",
+    "telemetry.publish-rate",
+    "telemetry.predictions-rate",
+    "ingest.mosquitto",
+    "ingest.embedded",
 ]
 
 
