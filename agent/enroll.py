@@ -17,14 +17,12 @@ An existing enrollment is never overwritten unless ``force=True``.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
 import socket
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -37,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.agent import agent_version
+from edgefleet.agent.update.state import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -104,23 +103,7 @@ def default_state_dir() -> Path:
 
 def atomic_write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` with mode 0600: temp file, fsync, rename, fsync dir."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write_bytes(path, data, mode=0o600)
 
 
 def _hardware() -> dict[str, Any]:

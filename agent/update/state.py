@@ -228,15 +228,18 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file.
 
-    Writes a temp file in the same directory, fsyncs it, renames it over ``path`` and
-    fsyncs the directory.
+    Writes a temp file in the same directory (with ``mode`` set before any byte is
+    written, e.g. 0o600 for private keys), fsyncs it, renames it over ``path`` and fsyncs
+    the directory. The one atomic-write of the project: agent and server use it alike.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

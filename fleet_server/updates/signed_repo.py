@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +28,7 @@ from tuf.api.metadata import (
     Timestamp,
 )
 
+from edgefleet.agent.update.state import atomic_write_bytes
 from edgefleet.fleet_server.updates.errors import MissingSigningKeyError, RepositoryStateError
 from edgefleet.fleet_server.updates.keys import RepoKind, RoleName, Signers
 
@@ -62,18 +61,9 @@ Clock = Callable[[], datetime]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + fsync + rename."""
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync dir)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def _meta_file(version: int, data: bytes) -> MetaFile:
