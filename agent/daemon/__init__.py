@@ -7,7 +7,10 @@ Modules, each with one job:
   background flusher that samples, batches and publishes prediction records.
 * :mod:`.summarize`: per model version drift windows (vectorized, on the flusher thread).
 * :mod:`.feedback`: SQLite (WAL) store of predictions and their true labels.
-* :mod:`.stats`: counters, latency percentiles and process figures for heartbeats.
+* :mod:`.stats`: per served version counters, latency percentiles, feedback accuracy,
+  shadow agreement and process figures for heartbeats.
+* :mod:`.shadow`: runs a shadow candidate on sampled inputs off the request path.
+* :mod:`.desired`: the server's ``desired`` hint, parsed (it only wakes the updater).
 * :mod:`.http_api`: the local HTTP API (127.0.0.1 or a unix socket), stdlib only.
 * :mod:`.client`: a small Python client of that API.
 * :mod:`.daemon`: :class:`Daemon` ties them together.

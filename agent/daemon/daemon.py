@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 
 from edgefleet.agent.daemon.config import DaemonConfig, ModelConfig
+from edgefleet.agent.daemon.desired import DesiredHint, DesiredHintError, parse_desired
 from edgefleet.agent.daemon.errors import ConfigError, DaemonError, UnknownModelError
 from edgefleet.agent.daemon.feedback import FeedbackStore
 from edgefleet.agent.daemon.http_api import HttpApi
 from edgefleet.agent.daemon.predlog import LogPolicy, PredictionLog
+from edgefleet.agent.daemon.shadow import ShadowWorker
 from edgefleet.agent.daemon.stats import DaemonStats
 from edgefleet.agent.daemon.summarize import DriftSummarizer, load_reference
 from edgefleet.agent.runtime import ModelRunner, load_model
@@ -46,7 +48,7 @@ class _Slot:
 
     @property
     def version(self) -> str:
-        return self.holder.label or self.config.version
+        return self.holder.version or self.config.version
 
 
 def _static_width(shape: tuple[Any, ...]) -> int | None:
@@ -93,7 +95,7 @@ class Daemon:
         self._slots: dict[str, _Slot] = {}
         self._prefix = secrets.token_hex(6) + "-"
         self._counter = itertools.count(1)
-        self.stats = DaemonStats([m.name for m in config.models])
+        self.stats = DaemonStats([m.name for m in config.models], served=self._served_version)
         self.store: FeedbackStore | None = None
         self.telemetry: Any = None
         self.predlog: PredictionLog | None = None
@@ -102,6 +104,11 @@ class Daemon:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started_at = time.monotonic()
+        self._confidence: dict[str, str | None] = {}
+        self._shadow: ShadowWorker | None = None
+        self._shadow_lock = threading.Lock()
+        self.desired: DesiredHint | None = None  # the latest valid hint (not trusted)
+        self.desired_rejected = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -138,19 +145,23 @@ class Daemon:
                                      output_names=[o.name for o in outs],
                                      output_widths=[_static_width(o.shape) for o in outs],
                                      drift_output=m.drift_output)
-        self.store = FeedbackStore(cfg.state_dir / FEEDBACK_FILE, cfg.feedback_max_rows)
+        self._confidence = {name: p.confidence_output for name, p in policies.items()}
+        self.store = FeedbackStore(cfg.state_dir / FEEDBACK_FILE, cfg.feedback_max_rows,
+                                   self._confidence)
         if cfg.telemetry_enabled:
             self.telemetry = self._telemetry()
         self.predlog = PredictionLog(
             policies, self.stats,
             publish=None if self.telemetry is None else self.telemetry.publish,
             summarizer=summarizer, store=self.store, ring_size=cfg.ring_size,
+            shadow=None if self._updater is None else self._feed_shadow,
             flush_interval_s=cfg.flush_interval_s, window_s=cfg.window_s,
             max_records_per_message=cfg.max_records_per_message)
         self.predlog.start()
         if self.telemetry is not None:
             self.telemetry.start()
         if self._updater is not None:
+            self._updater.set_shadow_listener(self._on_shadow)
             thread = threading.Thread(target=self._updater.run_forever, args=(self._stop,),
                                       name="edgefleet-updater", daemon=True)
             thread.start()
@@ -198,7 +209,8 @@ class Daemon:
 
         tconf = TelemetryConfig(heartbeat_s=self.config.heartbeat_s)
         kwargs: dict[str, Any] = {"config": tconf, "models": self.model_versions(),
-                                  "stats": self.stats.snapshot}
+                                  "stats": self.stats.snapshot,
+                                  "on_inbound": self._on_inbound}
         if self._broker is not None:
             if self._device_id is None:
                 raise DaemonError("a broker was given without a device id")
@@ -226,8 +238,9 @@ class Daemon:
             self.telemetry.stop()
             self.telemetry = None
         if self._updater is not None:
-            self._updater.close()
+            self._updater.close()  # stops the shadow candidate through _on_shadow
             self._updater = None
+        self._on_shadow(None)
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -310,7 +323,11 @@ class Daemon:
             raise DaemonError("the daemon is not running")
         if not store.contains(pid):
             predlog.flush()  # it may still be waiting in the ring
-        return store.feedback(pid, label)
+        outcome = store.feedback_outcome(pid, label)
+        if outcome.model in self._slots:
+            self.stats.record_feedback(outcome.model, outcome.version, outcome.correct,
+                                       outcome.previous)
+        return outcome.correct
 
     def health(self) -> dict[str, Any]:
         models = self.stats.models()
@@ -332,5 +349,72 @@ class Daemon:
             "predlog": {"queued": 0 if predlog is None else predlog.queued,
                         "dropped": 0 if predlog is None else predlog.dropped},
             "accuracy": accuracy,
+            "shadow": self._shadow_health(),
             "process": self.stats.process(),
         }
+
+    def _shadow_health(self) -> dict[str, Any] | None:
+        worker = self._shadow
+        if worker is None:
+            return None
+        return {"model": worker.model, "version": worker.version,
+                "sample_rate": worker.sample_rate, "queued": worker.queued,
+                "dropped": worker.dropped, "failed": worker.failed}
+
+    # -- what the update agent and the server drive ------------------------------------
+
+    def _served_version(self, model: str) -> str | None:
+        slot = self._slots.get(model)
+        return None if slot is None else slot.version
+
+    def _on_inbound(self, env: Any) -> None:
+        """Telemetry's inbound thread: a ``desired`` hint may wake the updater early.
+
+        The hint is not trusted: it only makes the update agent check the signed
+        metadata now. Malformed hints are logged and ignored.
+        """
+        from edgefleet.agent.telemetry.envelope import Channel
+
+        if env.type is not Channel.DESIRED:
+            log.debug("ignoring a %s message", env.type.value)
+            return
+        try:
+            hint = parse_desired(env.body)
+        except DesiredHintError as e:
+            self.desired_rejected += 1
+            log.warning("ignoring a malformed desired hint (seq %s): %s", env.seq, e)
+            return
+        self.desired = hint
+        updater = self._updater
+        if updater is None or hint.model != self.config.updates_model:
+            return
+        shadow = None if hint.shadow is None else hint.shadow.target
+        if hint.target != updater.installed_target or shadow != updater.shadow_target:
+            log.info("desired hint names %s (shadow %s): checking for updates now",
+                     hint.target, shadow)
+            updater.request_check()
+
+    def _on_shadow(self, candidate: Any) -> None:
+        """The update agent's shadow listener (updater thread): start/stop the worker."""
+        model = self.config.updates_model
+        with self._shadow_lock:
+            old, self._shadow = self._shadow, None
+            if old is not None:
+                old.close()  # before the updater closes the old candidate's runner
+            if candidate is None or model is None:
+                if old is not None:
+                    self.stats.set_shadow(old.model, None)
+                return
+            worker = ShadowWorker(model, candidate.version, candidate.runner,
+                                  sample_rate=candidate.sample_rate, stats=self.stats,
+                                  confidence_output=self._confidence.get(model))
+            if old is None or old.version != worker.version:
+                self.stats.set_shadow(model, worker.version)
+            worker.start()
+            self._shadow = worker
+
+    def _feed_shadow(self, model: str, version: str,
+                     pairs: list[tuple[Any, dict[str, np.ndarray]]]) -> None:
+        worker = self._shadow
+        if worker is not None and worker.model == model:
+            worker.offer(version, pairs)

@@ -4,8 +4,9 @@ Every successful prediction is written (in batches, by the flusher thread) with 
 and outputs in a compact binary form (:func:`encode_arrays`), so that labelled examples
 can later feed federated training. The store is bounded: beyond ``max_rows`` the oldest
 predictions are deleted. ``feedback(id, label)`` attaches the true label and records
-whether the model was right (predicted label: an integer output, else the argmax of the
-first float output); :meth:`FeedbackStore.accuracy` aggregates that per model version.
+whether the model was right (predicted label: the argmax of the model's probability
+output, else an integer output, else the argmax of the first float output);
+:meth:`FeedbackStore.accuracy` aggregates that per model version.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,19 @@ def decode_arrays(blob: bytes) -> dict[str, np.ndarray]:
     return out
 
 
-def predicted_labels(outputs: dict[str, np.ndarray]) -> list[Any] | None:
-    """Per row: the integer output's value, else the argmax of the first float output."""
+def predicted_labels(outputs: Mapping[str, np.ndarray],
+                     confidence_output: str | None = None) -> list[int] | None:
+    """Per row, the predicted class; None when the outputs are not a classifier's.
+
+    The argmax of ``confidence_output`` (the model's probability output, as the daemon
+    found it) when given and present; else the value of the first integer output (a
+    classifier that outputs labels); else the argmax of the first float output of rank
+    >= 2 with more than one column.
+    """
+    probs = None if confidence_output is None else outputs.get(confidence_output)
+    if probs is not None and probs.dtype.kind == "f" and probs.ndim >= 2 \
+            and probs.shape[-1] > 1:
+        return [int(v) for v in probs.reshape(probs.shape[0], -1).argmax(axis=1)]
     for a in outputs.values():
         if a.dtype.kind in "iu" and a.ndim >= 1:
             return [int(v) for v in a.reshape(a.shape[0], -1)[:, 0]]
@@ -96,6 +108,23 @@ class StoredPrediction:
 
 
 @dataclass(frozen=True)
+class FeedbackOutcome:
+    """What a label said about its prediction.
+
+    Attributes:
+        model, version: who made the prediction.
+        correct: whether it was right; None when that cannot be decided.
+        previous: the verdict of an earlier label of the same prediction (None: first
+            label, or undecidable).
+    """
+
+    model: str
+    version: str
+    correct: bool | None
+    previous: bool | None
+
+
+@dataclass(frozen=True)
 class Accuracy:
     model: str
     version: str
@@ -114,9 +143,12 @@ class FeedbackStore:
         StoreError: the database cannot be opened.
     """
 
-    def __init__(self, path: Path, max_rows: int = 100_000) -> None:
+    def __init__(self, path: Path, max_rows: int = 100_000,
+                 confidence_outputs: Mapping[str, str | None] | None = None) -> None:
         self.path = path
         self.max_rows = max_rows
+        # per model: its probability output, which decides the predicted class
+        self.confidence_outputs = dict(confidence_outputs or {})
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,20 +197,34 @@ class FeedbackStore:
             UnknownPredictionError: no stored prediction has this id.
             StoreError: the write failed.
         """
+        return self.feedback_outcome(pid, label).correct
+
+    def feedback_outcome(self, pid: str, label: Label) -> FeedbackOutcome:
+        """Like :meth:`feedback`, also saying whose prediction it was and the verdict of
+        an earlier label of it.
+
+        Raises:
+            UnknownPredictionError: no stored prediction has this id.
+            StoreError: the write failed.
+        """
         with self._lock:
             try:
-                row = self._db.execute("SELECT outputs FROM predictions WHERE id = ?",
-                                       (pid,)).fetchone()
+                row = self._db.execute(
+                    "SELECT model, version, outputs, correct FROM predictions WHERE id = ?",
+                    (pid,)).fetchone()
                 if row is None:
                     raise UnknownPredictionError(pid)
-                correct = _is_correct(decode_arrays(row[0]), label)
+                model, version, blob, previous = row
+                correct = _is_correct(decode_arrays(blob), label,
+                                      self.confidence_outputs.get(model))
                 self._db.execute(
                     "UPDATE predictions SET label = ?, correct = ?, labelled_ts = ? WHERE id = ?",
                     (json.dumps(label), None if correct is None else int(correct), time.time(),
                      pid))
             except sqlite3.Error as e:
                 raise StoreError(f"cannot write the feedback store: {e}") from e
-        return correct
+        return FeedbackOutcome(model, version, correct,
+                               None if previous is None else bool(previous))
 
     def get(self, pid: str) -> StoredPrediction | None:
         with self._lock:
@@ -223,8 +269,9 @@ class FeedbackStore:
             self._db.close()
 
 
-def _is_correct(outputs: dict[str, np.ndarray], label: Label) -> bool | None:
-    predicted = predicted_labels(outputs)
+def _is_correct(outputs: dict[str, np.ndarray], label: Label,
+                confidence_output: str | None = None) -> bool | None:
+    predicted = predicted_labels(outputs, confidence_output)
     if predicted is None:
         return None
     labels: Sequence[Any] = label if isinstance(label, list) else [label]

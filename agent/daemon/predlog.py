@@ -10,7 +10,9 @@ wakes every ``flush_interval_s``, drains the ring and, per model, in batches:
 * publishes them as ``predictions`` messages of many records each
   (``{"model", "version", "records": [...]}``), split to stay under the payload limit;
 * feeds the drift summarizer (vectorized) and closes a drift window every ``window_s``;
-* stores successful predictions in the feedback store and updates the counters.
+* stores successful predictions in the feedback store and updates the counters;
+* hands successful predictions to the shadow feed (which samples them for a shadow
+  candidate, see :mod:`.shadow`), so shadow mode costs the request path nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from edgefleet.agent.telemetry.envelope import Channel
 log = logging.getLogger(__name__)
 
 Publisher = Callable[[Channel, Mapping[str, Any]], int]
+# (model, version, [(inputs, outputs)]) of successful predictions, on the flusher thread
+ShadowFeed = Callable[[str, str, "list[tuple[Any, dict[str, np.ndarray]]]"], None]
 # (model, version, ts, latency_s, id, inputs, outputs or None, error text or None)
 Entry = tuple[str, str, float, float, str, Any, "dict[str, np.ndarray] | None", "str | None"]
 
@@ -72,6 +76,7 @@ class PredictionLog:
         publish: Publisher | None = None,
         summarizer: DriftSummarizer | None = None,
         store: FeedbackStore | None = None,
+        shadow: ShadowFeed | None = None,
         ring_size: int = 65_536,
         flush_interval_s: float = 0.25,
         window_s: float = 60.0,
@@ -84,6 +89,7 @@ class PredictionLog:
         self.publish = publish
         self.summarizer = summarizer
         self.store = store
+        self.shadow = shadow
         self.ring_size = ring_size
         self.flush_interval_s = flush_interval_s
         self.window_s = window_s
@@ -186,7 +192,7 @@ class PredictionLog:
               for out in (e[6],) if out is not None]
         errors = len(entries) - len(ok)
         records = self._sample(policy, entries)
-        self.stats.record(model, [e[3] for e in entries], errors, len(records))
+        self.stats.record(model, version, [e[3] for e in entries], errors, len(records))
         if ok and self.summarizer is not None:
             self.summarizer.add(model, version, [o[2] for o in ok], [o[3] for o in ok])
         if ok and self.store is not None:
@@ -195,6 +201,11 @@ class PredictionLog:
                                     for pid, ts, inputs, outputs in ok)
             except DaemonError as exc:
                 log.warning("feedback store: %s", exc)
+        if ok and self.shadow is not None:
+            try:
+                self.shadow(model, version, [(o[2], o[3]) for o in ok])
+            except Exception:  # shadow mode must never disturb logging
+                log.exception("shadow feed of %s failed", model)
         for body in self._messages(model, version, records):
             self._send(Channel.PREDICTIONS, body)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,9 @@ from edgefleet.agent.update.machine import (
     UpdaterConfig,
 )
 from edgefleet.agent.update.reporter import HttpReporter, ReporterConfig
+from edgefleet.agent.update.shadow import ShadowListener, ShadowManager
 from edgefleet.agent.update.signing import SigningError, load_device_key
-from edgefleet.agent.update.state import UpdateError, UpdateRecord
+from edgefleet.agent.update.state import Assignment, UpdateError, UpdateRecord
 from edgefleet.agent.update.swap import ModelHolder
 from edgefleet.agent.update.verify import BundleVerifier, RepoUrls, TrustConfig
 
@@ -48,6 +50,8 @@ API_PREFIX = "/api/v1"
 NO_ROOT_HINT = "enroll again after the server ran `edgefleet keys init`"
 
 EventListener = Callable[[dict[str, Any]], None]
+MIN_EARLY_CHECK_S = 5.0  # at most one check requested early (desired hint) per this time
+_WAIT_SLICE_S = 0.25     # how often a waiting loop looks at its stop event
 
 
 class AgentSetupError(Exception):
@@ -95,14 +99,30 @@ def _root_bytes(update_root: dict[str, Any], repo: str, cached: Path) -> bytes:
 
 
 class UpdateAgent:
-    """Runs ``UpdateMachine`` checks periodically; ``holder`` serves the live model."""
+    """Runs ``UpdateMachine`` checks periodically; ``holder`` serves the live model.
+
+    ``request_check()`` asks for a check now (the daemon calls it when the server's
+    ``desired`` hint names another target); such early checks are rate-limited to one
+    per ``min_early_check_s``. ``shadow`` (optional) follows the director's shadow entry
+    after every successful check.
+    """
 
     def __init__(self, machine: UpdateMachine, reporter: HttpReporter, *,
-                 check_interval_s: float = 60.0) -> None:
+                 check_interval_s: float = 60.0, shadow: ShadowManager | None = None,
+                 min_early_check_s: float = MIN_EARLY_CHECK_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.machine = machine
         self.reporter = reporter
         self.check_interval_s = check_interval_s
+        self.shadow = shadow
+        self.min_early_check_s = min_early_check_s
+        self._clock = clock
         self._booted = False
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._early_due: float | None = None
+        self._last_early = -float("inf")
+        self.early_checks = 0  # checks run early because of request_check()
 
     @classmethod
     def from_state_dir(
@@ -162,14 +182,23 @@ class UpdateAgent:
                                        socket_timeout_s=socket_timeout_s)
             return BundleVerifier(trust, urls, fetcher=fetcher)
 
+        def fetch_shadow(name: str, dest: Path) -> tuple[Path, Assignment]:
+            # A plain fetcher: the resumable one keeps a single partial file, which
+            # belongs to the active update's download.
+            verifier = BundleVerifier(trust, urls)
+            listed = verifier.image_target(name)
+            path = verifier.download(listed, dest).path
+            return path, Assignment(listed.name, listed.length, dict(listed.hashes))
+
         reporter = HttpReporter(api_url, device_id, key, work / EVENTS_FILE, reporter_config)
         tee = _Tee(reporter, list(listeners or ()))
         try:
             machine = UpdateMachine(work, TufVerifier(make_verifier), tee, ModelHolder(),
                                     config=config)
+            shadow = ShadowManager(work, fetch_shadow, tee, config=config)
         except (UpdateError, OSError) as e:
             raise AgentSetupError(f"cannot open the update state in {work}: {e}") from e
-        return cls(machine, reporter, check_interval_s=check_interval_s)
+        return cls(machine, reporter, check_interval_s=check_interval_s, shadow=shadow)
 
     @property
     def holder(self) -> ModelHolder:
@@ -185,18 +214,55 @@ class UpdateAgent:
             log.error("%s (retried on the next check)", e)
             return self.machine.record
 
+    @property
+    def installed_target(self) -> str | None:
+        """The TUF target name of the bundle in the active slot (None: none installed)."""
+        pointer = self.machine.slots.pointer()
+        return None if pointer is None else pointer.bundle.split("@", 1)[0]
+
+    @property
+    def shadow_target(self) -> str | None:
+        """The target name of the loaded shadow candidate, if any."""
+        current = None if self.shadow is None else self.shadow.current
+        return None if current is None else current.target
+
+    def set_shadow_listener(self, listener: ShadowListener | None) -> None:
+        """Who runs shadow candidates (the daemon); no-op without a shadow manager."""
+        if self.shadow is not None:
+            self.shadow.set_listener(listener)
+
     def run_once(self) -> UpdateRecord:
-        """Boot if needed, then check for an assignment and install it or roll back."""
+        """Boot if needed, then check for an assignment and install it or roll back;
+        then follow the assignment's shadow entry (if the check succeeded)."""
         if not self._booted:
             self.boot()
+        verifier = self.machine.verifier
+        before = getattr(verifier, "checks", None)
         try:
-            return self.machine.run_once()
+            record = self.machine.run_once()
         except RollbackFailed as e:
             log.error("%s (retried on the next check)", e)
-            return self.machine.record
+            record = self.machine.record
+        if self.shadow is not None and isinstance(verifier, TufVerifier) \
+                and verifier.checks != before:
+            self.shadow.sync(verifier.shadow_entry)
+        return record
+
+    def request_check(self) -> None:
+        """Check now rather than at the next interval (thread-safe, never blocks).
+
+        Rate-limited: a request within ``min_early_check_s`` of the previous early check
+        is served when that time is over; many requests meanwhile make one check.
+        """
+        with self._lock:
+            due = max(self._clock(), self._last_early + self.min_early_check_s)
+            if self._early_due is None or due < self._early_due:
+                self._early_due = due
+        self._wake.set()
 
     def run_forever(self, stop_event: threading.Event) -> None:
-        """Check every ``check_interval_s`` until ``stop_event`` is set.
+        """Check every ``check_interval_s`` (or early, see ``request_check``) until
+        ``stop_event`` is set.
 
         Events are sent by the reporter's thread meanwhile. A check in progress finishes
         its current update before the loop sees ``stop_event`` (every step is persisted,
@@ -209,13 +275,34 @@ class UpdateAgent:
                     self.run_once()
                 except Exception:  # keep serving the current model; try again later
                     log.exception("update check failed")
-                stop_event.wait(self.check_interval_s)
+                self._wait(stop_event)
         finally:
             self.reporter.stop()
+
+    def _wait(self, stop_event: threading.Event) -> None:
+        """Until the interval is over, an early check is due, or ``stop_event``."""
+        deadline = self._clock() + self.check_interval_s
+        while not stop_event.is_set():
+            now = self._clock()
+            with self._lock:
+                early = self._early_due
+                if early is not None and now >= early:
+                    self._early_due = None
+                    self._last_early = now
+                    self.early_checks += 1
+                    log.info("update check requested early")
+                    return
+            if now >= deadline:
+                return
+            until = deadline if early is None else min(deadline, early)
+            self._wake.wait(min(until - now, _WAIT_SLICE_S))
+            self._wake.clear()
 
     def close(self, flush_timeout_s: float = 2.0) -> None:
         """Stop reporting (trying to deliver queued events first) and close the model."""
         self.reporter.stop()
         if flush_timeout_s > 0:
             self.reporter.flush(flush_timeout_s)
+        if self.shadow is not None:
+            self.shadow.close()
         self.machine.holder.close()

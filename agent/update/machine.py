@@ -376,7 +376,7 @@ class UpdateMachine:
             runner = self._loader(content.model_path, self.config.runner_options)
         self.slots.set_active(target)
         if runner is not None:
-            self.holder.swap(runner, content.bundle)
+            self.holder.swap(runner, content.bundle, content.manifest.version)
         self._clear_downloads(keep=None)
         self._transition(UpdateEvent.SWITCHED)
 
@@ -426,7 +426,7 @@ class UpdateMachine:
 
     def _serve(self, content: SlotContent) -> None:
         runner = self._loader(content.model_path, self.config.runner_options)
-        self.holder.swap(runner, content.bundle)
+        self.holder.swap(runner, content.bundle, content.manifest.version)
 
     def _discard_warm(self) -> None:
         if self._warm is not None:
@@ -485,13 +485,18 @@ class TufVerifier:
     """Adapts ``verify.BundleVerifier`` (Uptane-style TUF checks) to ``Verifier``.
 
     ``make_verifier`` returns a fresh ``BundleVerifier`` (ngclient refreshes once per
-    instance, so one is made per check). A download after a restart, when the check's
-    verifier is gone, checks again and proceeds only if the assignment is unchanged.
+    instance, so one is made per check). ``checks`` counts successful checks and
+    ``shadow_entry`` keeps the director's shadow entry of the latest one (for
+    ``shadow.ShadowManager``; the machine itself ignores it). A download after a restart,
+    when the check's verifier is gone, checks again and proceeds only if the assignment is
+    unchanged.
     """
 
     def __init__(self, make_verifier: Callable[[], Any]) -> None:
         self._make = make_verifier
         self._pending: tuple[Any, Any] | None = None
+        self.checks = 0  # successful checks (an assignment verified, or none assigned)
+        self.shadow_entry: object = None  # the latest verified assignment's shadow entry
 
     def check(self) -> Assignment | None:
         """Raises: verify.VerificationError (a subclass) when the update is refused."""
@@ -502,8 +507,12 @@ class TufVerifier:
             found = verifier.check()
         except NoAssignmentError:
             self._pending = None
+            self.shadow_entry = None
+            self.checks += 1
             return None
         self._pending = (verifier, found)
+        self.shadow_entry = getattr(found, "shadow", None)
+        self.checks += 1
         return Assignment(found.name, found.length, dict(found.hashes))
 
     def download(self, assignment: Assignment, dest_dir: Path, resume: bool = True) -> Path:

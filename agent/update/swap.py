@@ -36,11 +36,12 @@ class Runner(Protocol):
 
 
 class _Lease:
-    __slots__ = ("close_when_idle", "label", "refs", "retired", "runner")
+    __slots__ = ("close_when_idle", "label", "refs", "retired", "runner", "version")
 
-    def __init__(self, runner: Runner, label: str) -> None:
+    def __init__(self, runner: Runner, label: str, version: str | None = None) -> None:
         self.runner = runner
         self.label = label
+        self.version = version or label
         self.refs = 0
         self.retired = False
         self.close_when_idle = False
@@ -60,6 +61,13 @@ class ModelHolder:
         """What the current model is (the bundle key the updater gave it), None when empty."""
         current = self._current
         return None if current is None else current.label
+
+    @property
+    def version(self) -> str | None:
+        """The model version the current model's manifest declares (what telemetry and the
+        registry call it); the label when none was given. None when empty."""
+        current = self._current
+        return None if current is None else current.version
 
     @property
     def runner(self) -> Runner | None:
@@ -93,13 +101,16 @@ class ModelHolder:
         if close:
             _close(lease)
 
-    def swap(self, runner: Runner | None, label: str = "") -> None:
+    def swap(self, runner: Runner | None, label: str = "", version: str | None = None) -> None:
         """Make ``runner`` the current model; close the old one once its calls finish.
+
+        ``label`` identifies the exact bundle (the updater's bundle key), ``version`` is the
+        model version it declares (defaults to ``label``).
 
         Returns after the old runner is closed, or after ``drain_timeout_s`` (then the last
         in-flight call closes it). ``runner`` None empties the holder.
         """
-        new = None if runner is None else _Lease(runner, label)
+        new = None if runner is None else _Lease(runner, label, version)
         with self._cond:
             old, self._current = self._current, new
             if old is None:

@@ -126,6 +126,8 @@ class Assignment:
     length: int
     hashes: dict[str, str]
     image_target: TargetFile
+    # the director's signed ``custom.edgefleet.shadow`` entry, unparsed (see shadow.py)
+    shadow: object = None
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,30 @@ class BundleVerifier:
                 f"{listed.hashes != assigned.hashes}")
         if "sha256" not in listed.hashes:
             raise MixAndMatchError(f"{assigned.path} has no sha256 in the signed metadata")
-        return Assignment(assigned.path, listed.length, dict(listed.hashes), listed)
+        return Assignment(assigned.path, listed.length, dict(listed.hashes), listed,
+                          shadow=custom.get("shadow") if isinstance(custom, dict) else None)
+
+    def image_target(self, name: str) -> Assignment:
+        """The image repository's signed entry for target ``name``.
+
+        For a shadow candidate: the (verified) director names it, the image repository
+        vouches for its length and hashes; :meth:`download` then checks the bytes.
+
+        Raises:
+            AssignmentError: an invalid name.
+            MixAndMatchError: the image repository does not list it, or without sha256.
+            MetadataError (and subclasses), DownloadFailedError (and subclasses): the
+                image repository's metadata failed to download or verify.
+        """
+        if not _TARGET_NAME_RE.fullmatch(name) or ".." in name:
+            raise AssignmentError(f"invalid target name {name!r}")
+        with _translated("image repository"):
+            listed = self._image.get_targetinfo(name)  # refreshes the image repo once
+        if listed is None:
+            raise MixAndMatchError(f"the image repository does not list {name}")
+        if "sha256" not in listed.hashes:
+            raise MixAndMatchError(f"{name} has no sha256 in the signed metadata")
+        return Assignment(name, listed.length, dict(listed.hashes), listed)
 
     def download(self, assignment: Assignment, dest_dir: Path) -> VerifiedBundle:
         """Download the assigned bundle into ``dest_dir``, verified before it appears there.

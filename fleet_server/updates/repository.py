@@ -193,29 +193,49 @@ class Repository:
             return new
 
     # -- director repository ---------------------------------------------------------------
-    def assign(self, device_id: str, target_name: str) -> TargetFile:
+    def assign(self, device_id: str, target_name: str, *, shadow_target: str | None = None,
+               shadow_rate: float = 0.1) -> TargetFile:
         """Make ``target_name`` the one bundle ``device_id`` should run (a new version).
 
         The director copies the image repository's length and hashes, so a device accepts
-        the assignment only if both repositories agree on them.
+        the assignment only if both repositories agree on them. ``shadow_target`` names a
+        candidate the device runs in shadow mode on a ``shadow_rate`` share of its real
+        inputs (never served; see docs/updater.md): it is signed into the assignment's
+        ``custom.edgefleet.shadow`` as ``{"target": name, "sample_rate": "0.1"}`` (the
+        rate as a decimal string: canonical JSON, which TUF signs, has no floats); the
+        device takes the candidate's length and hashes from the image repository.
 
         Raises:
-            InvalidRequest: bad device id or target name.
-            UnknownTargetError: the image repository does not list the target.
+            InvalidRequest: bad device id or target name, or ``shadow_rate`` not in (0, 1].
+            UnknownTargetError: the image repository does not list the target (or the
+                shadow target).
             MissingSigningKeyError: a director key is not available.
         """
         check_device_id(device_id)
         check_target_name(target_name)
+        custom: dict[str, object] = {"device_id": device_id}
+        if shadow_target is not None:
+            check_target_name(shadow_target)
+            if (isinstance(shadow_rate, bool) or not isinstance(shadow_rate, int | float)
+                    or not 0.0 < shadow_rate <= 1.0):
+                raise InvalidRequest(f"shadow_rate must be in (0, 1], got {shadow_rate!r}")
+            # TUF signs canonical JSON, which has no floats: the rate is a decimal string
+            custom["shadow"] = {"target": shadow_target, "sample_rate": repr(float(shadow_rate))}
         with self._locked():
             self._require()
-            listed = self.image.targets().signed.targets.get(target_name)
+            listed_targets = self.image.targets().signed.targets
+            listed = listed_targets.get(target_name)
             if listed is None:
                 raise UnknownTargetError(f"the image repository does not list {target_name}")
+            if shadow_target is not None and shadow_target not in listed_targets:
+                raise UnknownTargetError(
+                    f"the image repository does not list the shadow target {shadow_target}")
             assigned = TargetFile(listed.length, dict(listed.hashes), target_name,
-                                  {"custom": {CUSTOM_KEY: {"device_id": device_id}}})
+                                  {"custom": {CUSTOM_KEY: custom}})
             director = self._director_repo(device_id)
             director.publish_targets(Targets(targets={target_name: assigned}))
-            log.info("director assigns %s to device %s", target_name, device_id)
+            log.info("director assigns %s to device %s%s", target_name, device_id,
+                     "" if shadow_target is None else f" (shadow {shadow_target})")
             return assigned
 
     def assignment(self, device_id: str) -> TargetFile | None:
