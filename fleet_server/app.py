@@ -39,6 +39,7 @@ FEATURES = [
     "edgefleet.fleet_server.updates",
     "edgefleet.fleet_server.ingest",
     "edgefleet.fleet_server.fleetdrift",
+    "edgefleet.fleet_server.rollouts",
 ]
 
 

@@ -33,6 +33,7 @@ from edgefleet.fleet_server.config import ServerConfig
 from edgefleet.fleet_server.datadir import load_secrets
 from edgefleet.fleet_server.devices import device_service
 from edgefleet.fleet_server.ingest import IngestionHandle, start_ingestion
+from edgefleet.fleet_server.rollouts.service import PUBLISH_KEY
 from edgefleet.fleet_server.scheduler import Scheduler
 from edgefleet.fleet_server.services import Services
 from edgefleet.fleet_server.storage import Store
@@ -142,6 +143,8 @@ class FleetServer:
         self._ingest = start_ingestion(services, self.mqtt_url, secrets.broker_username,
                                        secrets.broker_password,
                                        client_id=f"edgefleet-ingest-{installation[:12]}")
+        # Rollouts send retained ``desired`` hints through the same connection.
+        services.extras[PUBLISH_KEY] = self._ingest.subscriber.publish
         self._start_scheduler(services)
         self._started = True
         log.info("fleet server listening on %s (MQTT %s)", self.http_url, self.mqtt_url)

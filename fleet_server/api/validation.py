@@ -2,7 +2,8 @@
 
 Supported keywords: type (object, array, string, integer, number, boolean, null, or a
 list of those), properties, required, additionalProperties (bool), items, enum,
-minLength, maxLength, pattern (must match the whole string), minimum, maximum, minItems,
+minLength, maxLength, pattern (must match the whole string), minimum, maximum,
+exclusiveMinimum / exclusiveMaximum (OpenAPI 3.0 booleans), minItems,
 maxItems, minProperties, nullable (OpenAPI 3.0), format (ignored, documentation only).
 ``validate`` is pure; ``json_body`` reads the Flask request.
 """
@@ -51,10 +52,14 @@ def validate(value: Any, schema: Schema, path: str = "$") -> list[str]:
         if "pattern" in schema and not re.fullmatch(schema["pattern"], value):
             errors.append(f"{path}: does not match {schema['pattern']}")
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            errors.append(f"{path}: below {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            errors.append(f"{path}: above {schema['maximum']}")
+        low, high = schema.get("minimum"), schema.get("maximum")
+        if low is not None and (value <= low if schema.get("exclusiveMinimum") else value < low):
+            errors.append(f"{path}: {'not above' if schema.get('exclusiveMinimum') else 'below'}"
+                          f" {low}")
+        if high is not None and (value >= high if schema.get("exclusiveMaximum")
+                                 else value > high):
+            errors.append(f"{path}: {'not below' if schema.get('exclusiveMaximum') else 'above'}"
+                          f" {high}")
     if isinstance(value, list):
         if len(value) < schema.get("minItems", 0):
             errors.append(f"{path}: fewer than {schema['minItems']} items")

@@ -13,7 +13,9 @@ from typing import Any
 
 from edgefleet.agent.drift import DriftError, ReferenceProfile, WindowSummary
 from edgefleet.agent.telemetry.envelope import Channel, Status
+from edgefleet.fleet_server.api.validation import validate
 from edgefleet.fleet_server.ingest.errors import BodyError
+from edgefleet.fleet_server.updates.events import EVENT_SCHEMA
 
 MAX_NAME_CHARS = 128
 MAX_MODELS = 256
@@ -45,9 +47,36 @@ class ModelLatency:
 
 
 @dataclass(frozen=True)
+class ShadowStats:
+    """The shadow candidate's comparison counters (shadow mode on)."""
+
+    version: str
+    compared: int | None
+    agreed: int | None
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Per-version statistics of a heartbeat model entry that names its ``version``:
+    counters and percentiles cover only the time since that version started serving."""
+
+    model: str
+    version: str
+    predictions: int | None
+    p50_ms: float | None
+    p95_ms: float | None
+    labeled: int | None
+    correct: int | None
+    shadow: ShadowStats | None
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     body: Mapping[str, Any]
     latency: tuple[ModelLatency, ...]
+    stats: tuple[ModelStats, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,7 +95,11 @@ class Drift:
 
 @dataclass(frozen=True)
 class Events:
+    """``update`` holds the events that are update events in the HTTP form (kind state
+    or error, valid against ``updates.events.EVENT_SCHEMA``), in message order."""
+
     events: tuple[Mapping[str, Any], ...]
+    update: tuple[Mapping[str, Any], ...] = ()
 
 
 Body = Birth | StatusBody | Heartbeat | Predictions | Drift | Events
@@ -127,18 +160,56 @@ def status(body: Mapping[str, Any]) -> StatusBody:
     return StatusBody(state)
 
 
-def _latency(model: str, value: object) -> ModelLatency:
-    stats = _object(value, f"heartbeat models[{model!r}]")
-    predictions = (_count(stats["predictions"], f"heartbeat {model} predictions")
-                   if stats.get("predictions") is not None else None)
+def _percentiles(stats: Mapping[str, Any], what: str) -> tuple[float | None, float | None]:
     p50 = p95 = None
     if stats.get("latency_ms") is not None:
-        lat = _object(stats["latency_ms"], f"heartbeat {model} latency_ms")
+        lat = _object(stats["latency_ms"], f"{what} latency_ms")
         if lat.get("p50") is not None:
-            p50 = _number(lat["p50"], f"heartbeat {model} latency p50")
+            p50 = _number(lat["p50"], f"{what} latency p50")
         if lat.get("p95") is not None:
-            p95 = _number(lat["p95"], f"heartbeat {model} latency p95")
-    return ModelLatency(model, predictions, p50, p95)
+            p95 = _number(lat["p95"], f"{what} latency p95")
+    return p50, p95
+
+
+def _optional_count(stats: Mapping[str, Any], key: str, what: str) -> int | None:
+    return _count(stats[key], f"{what} {key}") if stats.get(key) is not None else None
+
+
+def _agreeing(total: int | None, part: int | None, what: str) -> None:
+    if total is not None and part is not None and part > total:
+        raise BodyError(f"{what} cannot exceed its total")
+
+
+def _shadow(value: object, what: str) -> ShadowStats:
+    shadow = _object(value, what)
+    version = _name(shadow.get("version"), f"{what} version")
+    compared = _optional_count(shadow, "compared", what)
+    agreed = _optional_count(shadow, "agreed", what)
+    _agreeing(compared, agreed, f"{what} agreed")
+    p50, p95 = _percentiles(shadow, what)
+    return ShadowStats(version, compared, agreed, p50, p95)
+
+
+def _model(model: str, value: object) -> tuple[ModelLatency, ModelStats | None]:
+    what = f"heartbeat {model}"
+    stats = _object(value, f"heartbeat models[{model!r}]")
+    predictions = _optional_count(stats, "predictions", what)
+    for key in ("errors", "sampled"):
+        _optional_count(stats, key, what)
+    p50, p95 = _percentiles(stats, what)
+    latency = ModelLatency(model, predictions, p50, p95)
+    labeled = correct = None
+    if stats.get("feedback") is not None:
+        feedback = _object(stats["feedback"], f"{what} feedback")
+        labeled = _optional_count(feedback, "labeled", f"{what} feedback")
+        correct = _optional_count(feedback, "correct", f"{what} feedback")
+        _agreeing(labeled, correct, f"{what} feedback correct")
+    shadow = _shadow(stats["shadow"], f"{what} shadow") \
+        if stats.get("shadow") is not None else None
+    if stats.get("version") is None:
+        return latency, None
+    version = _name(stats["version"], f"{what} version")
+    return latency, ModelStats(model, version, predictions, p50, p95, labeled, correct, shadow)
 
 
 def heartbeat(body: Mapping[str, Any]) -> Heartbeat:
@@ -151,12 +222,17 @@ def heartbeat(body: Mapping[str, Any]) -> Heartbeat:
             for name, value in _object(body[key], f"heartbeat {key}").items():
                 _count(value, f"heartbeat {key}.{name}")
     latency: list[ModelLatency] = []
+    stats: list[ModelStats] = []
     if "models" in body:
         models = _object(body["models"], "heartbeat models")
         if len(models) > MAX_MODELS:
             raise BodyError(f"heartbeat models has more than {MAX_MODELS} entries")
-        latency = [_latency(_name(k, "heartbeat model"), v) for k, v in models.items()]
-    return Heartbeat(dict(body), tuple(latency))
+        for key, value in models.items():
+            lat, versioned = _model(_name(key, "heartbeat model"), value)
+            latency.append(lat)
+            if versioned is not None:
+                stats.append(versioned)
+    return Heartbeat(dict(body), tuple(latency), tuple(stats))
 
 
 def predictions(body: Mapping[str, Any]) -> Predictions:
@@ -178,6 +254,12 @@ def drift(body: Mapping[str, Any], reference: ReferenceLookup) -> Drift:
     model = _name(body["model"], "drift model")
     version = _name(body["version"], "drift version")
     profile = reference(model, version)
+    ref = body["summary"].get("ref") if isinstance(body["summary"], Mapping) else None
+    by_digest = getattr(reference, "by_digest", None)
+    if profile is not None and isinstance(ref, str) and ref != profile.digest and by_digest:
+        # a known version binned on the profile of another version of the model (the one
+        # the device was set up with): validated against that profile
+        profile = by_digest(model, ref) or profile
     if profile is None:
         raise BodyError(f"no reference profile for {model} {version}", unknown_version=True)
     try:
@@ -185,6 +267,12 @@ def drift(body: Mapping[str, Any], reference: ReferenceLookup) -> Drift:
     except DriftError as e:
         raise BodyError(f"drift summary: {e}") from e
     return Drift(model, version, summary)
+
+
+def is_update_event(event: Mapping[str, Any]) -> bool:
+    """True for an update event in the form the agent reports over HTTP (kind ``state``
+    or ``error``, valid against ``updates.events.EVENT_SCHEMA``)."""
+    return event.get("kind") in ("state", "error") and not validate(event, EVENT_SCHEMA)
 
 
 def events(body: Mapping[str, Any]) -> Events:
@@ -195,7 +283,7 @@ def events(body: Mapping[str, Any]) -> Events:
         event = _object(item, f"events[{i}]")
         _name(event.get("kind"), f"events[{i}].kind")
         _number(event.get("ts"), f"events[{i}].ts")
-    return Events(tuple(items))
+    return Events(tuple(items), tuple(e for e in items if is_update_event(e)))
 
 
 def validate_body(channel: Channel, body: Mapping[str, Any], reference: ReferenceLookup) -> Body:

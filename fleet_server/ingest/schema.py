@@ -14,6 +14,11 @@
 * ``ingest_seq``: per device, the dedup state (contiguous floor + seen seqs above it),
   gap and duplicate counts: persisted so a restart does not re-accept old messages.
 * ``ingest_counters``: the ingestion counters (received, accepted, rejected by reason...).
+* ``ingest_model_stats`` (migration 2): per device, model and *version served*, the last
+  heartbeat's counters for that version (predictions, latency p50/p95, feedback labels
+  and correct ones, shadow comparisons). Rows of older versions stay: a rollout compares
+  the same devices' old-version latency and accuracy with the new version's. ``ts`` is
+  the device clock, ``updated_at`` the server clock (ISO-8601 UTC).
 
 No foreign keys to ``devices``: messages can arrive from devices this server does not know
 (an external, anonymous broker in tests and development).
@@ -107,4 +112,34 @@ def _v1(db: Database) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [(1, _v1)]
+_V2 = [
+    """CREATE TABLE ingest_model_stats (
+    device_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    predictions INTEGER,
+    p50_ms REAL,
+    p95_ms REAL,
+    labeled INTEGER,
+    correct INTEGER,
+    shadow_version TEXT,
+    shadow_compared INTEGER,
+    shadow_agreed INTEGER,
+    shadow_p95_ms REAL,
+    ts REAL NOT NULL,                    -- device clock of the heartbeat
+    updated_at TEXT NOT NULL,            -- server clock, ISO-8601 UTC
+    PRIMARY KEY (device_id, model, version)
+) WITHOUT ROWID""",
+    # Rows are read by device sets: clustered on the key, no second lookup per row.
+    # Rollouts read one model's rows for a set of devices (the primary key serves that);
+    # drift reads windows of one model version for a set of devices.
+    'CREATE INDEX drift_windows_device_model ON drift_windows(device_id, model, version, "end", n)',
+]
+
+
+def _v2(db: Database) -> None:
+    for statement in _V2:
+        db.execute(statement)
+
+
+MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [(1, _v1), (2, _v2)]

@@ -31,18 +31,64 @@ EXTRAS_KEY = "ingest"
 UNKNOWN_TTL_S = 10.0
 
 
+def model_reference_profiles(db: Any, model: str) -> dict[str, ReferenceProfile]:
+    """Every usable reference profile of ``model``'s registry versions, by digest (read
+    from the registry's table; empty without a registry in the database)."""
+    if not db["registry_versions"].exists():
+        return {}
+    profiles: dict[str, ReferenceProfile] = {}
+    for version, raw in db.execute("SELECT version, reference_profile FROM registry_versions"
+                                   " WHERE model = ? AND reference_profile IS NOT NULL"
+                                   " AND reference_profile != ''", [model]).fetchall():
+        try:
+            data = json.loads(raw)
+            if data:
+                profile = ReferenceProfile.from_dict(data)
+                profiles.setdefault(profile.digest, profile)
+        except (ValueError, DriftError) as e:
+            log.warning("registry %s %s: unusable reference profile: %s", model, version, e)
+    return profiles
+
+
 class CachedReferences:
     """A :data:`ReferenceLookup` that caches found profiles (registry versions are
-    immutable) and remembers misses for ``unknown_ttl_s``."""
+    immutable) and remembers misses for ``unknown_ttl_s``.
+
+    ``by_digest(model, digest)`` finds a profile of any version of ``model`` by its digest:
+    devices bin every version's drift windows on the profile of the release they were set
+    up with, so a window of a newer version may carry an older version's binning.
+    """
 
     def __init__(self, fetch: ReferenceLookup, unknown_ttl_s: float = UNKNOWN_TTL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 fetch_model: Callable[[str], dict[str, ReferenceProfile]] | None = None
+                 ) -> None:
         self._fetch = fetch
+        self._fetch_model = fetch_model
         self._ttl = unknown_ttl_s
         self._clock = clock
         self._found: dict[tuple[str, str], ReferenceProfile] = {}
         self._missing: dict[tuple[str, str], float] = {}
+        self._by_digest: dict[tuple[str, str], ReferenceProfile] = {}
+        self._digest_missing: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
+
+    def by_digest(self, model: str, digest: str) -> ReferenceProfile | None:
+        """The profile of some version of ``model`` whose digest is ``digest``."""
+        key = (model, digest)
+        with self._lock:
+            if key in self._by_digest:
+                return self._by_digest[key]
+            if self._fetch_model is None or self._digest_missing.get(key, -1.0) > self._clock():
+                return None
+        found = self._fetch_model(model)
+        with self._lock:
+            self._by_digest.update({(model, d): p for d, p in found.items()})
+            if key not in self._by_digest:
+                if len(self._digest_missing) > 10_000:
+                    self._digest_missing.clear()
+                self._digest_missing[key] = self._clock() + self._ttl
+            return self._by_digest.get(key)
 
     def __call__(self, model: str, version: str) -> ReferenceProfile | None:
         key = (model, version)
@@ -82,7 +128,8 @@ def registry_references(services: Services) -> ReferenceLookup:
             log.warning("registry %s %s: unusable reference profile: %s", model, version, e)
             return None
 
-    return CachedReferences(fetch)
+    return CachedReferences(fetch, fetch_model=lambda model: model_reference_profiles(
+        services.store.db, model))
 
 
 def device_inventory_hook(services: Services) -> InventoryHook:

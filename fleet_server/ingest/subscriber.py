@@ -74,6 +74,17 @@ class MqttSubscriber:
             self._client.loop_stop()
         self.connected.clear()
 
+    def publish(self, topic: str, payload: bytes, retain: bool) -> bool:
+        """Publish a server → device message at QoS 1 (``desired`` hints, commands).
+
+        Returns False when the client is not connected (paho would queue it; a hint that
+        is stale by the time the broker is back is worse than none).
+        """
+        if not self.connected.is_set():
+            return False
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        return info.rc == paho.MQTT_ERR_SUCCESS
+
     # -- paho callbacks: never raise ------------------------------------------------
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,

@@ -6,6 +6,13 @@ soon as the queue stays empty for ``idle_flush_s``. Every message of a batch is
 acknowledged (its ``ack`` callable: the MQTT PUBACK when the subscriber uses manual acks)
 only after the batch's transaction committed, so a crash between receipt and commit makes
 the broker re-deliver, and the persisted dedup state drops what was already stored.
+
+Heartbeat model entries that name their ``version`` are upserted into
+``ingest_model_stats`` (a row per device, model and version; a row is only replaced by a
+heartbeat at least as new, by device clock). Update events arriving on the ``events``
+channel in the HTTP form are also handed to ``updates.events.UpdateEvents.record`` in the
+same transaction, so ``device_update_status`` knows each device's update state whichever
+transport reported it (only when the updates component's tables exist).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from edgefleet.fleet_server.ingest.pipeline import (
     classify,
 )
 from edgefleet.fleet_server.storage import Store, utcnow
+from edgefleet.fleet_server.updates.events import STATUS_TABLE, UpdateEvents
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +137,7 @@ class Ingester:
         self._live: Counter[str] = Counter()  # counted here, not yet in the database
         self._processed = 0
         self._rlog = RateLimitedLog(log, self.config.log_interval_s)
+        self._updates: UpdateEvents | None = None
 
     # -- producer side (the MQTT network thread) --------------------------------------
 
@@ -275,7 +284,8 @@ class Ingester:
                     else:
                         counts["duplicates"] += 1
                 counts["accepted"] += len(new)
-                _Apply(db, now, self.config, self._on_inventory).run(new)
+                _Apply(db, now, self.config, self._on_inventory,
+                       self._update_events(db)).run(new)
                 for device, state in states.items():
                     _upsert(db, "ingest_seq", {"device_id": device, **state.to_row()},
                             ("device_id",))
@@ -289,6 +299,12 @@ class Ingester:
             if isinstance(outcome, Rejected):
                 self._log_rejection(outcome)
         return counts
+
+    def _update_events(self, db: Database) -> UpdateEvents | None:
+        """The updates component's event store, when its tables exist in this database."""
+        if self._updates is None and STATUS_TABLE in db.table_names():
+            self._updates = UpdateEvents(self.store)
+        return self._updates
 
     def _add_counters_safely(self, counts: Counter[str]) -> None:
         try:
@@ -346,11 +362,15 @@ class _Apply:
     """Writes the accepted, new messages of one batch (inside its transaction)."""
 
     def __init__(self, db: Database, now: str, config: IngestConfig,
-                 on_inventory: InventoryHook | None) -> None:
+                 on_inventory: InventoryHook | None,
+                 update_events: UpdateEvents | None = None) -> None:
         self.db = db
         self.now = now
         self.config = config
         self.on_inventory = on_inventory
+        self.update_events = update_events
+        self.model_stats: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.updates: dict[str, list[Mapping[str, Any]]] = {}
         self.presence: dict[str, dict[str, Any]] = {}
         self.predictions: list[dict[str, Any]] = []
         self.latency: dict[tuple[str, str], dict[str, Any]] = {}
@@ -374,6 +394,26 @@ class _Apply:
             _upsert(self.db, "ingest_presence", row, ("device_id",))
         for latency in self.latency.values():
             _upsert(self.db, "ingest_latency", latency, ("device_id", "model"))
+        if self.model_stats:
+            rows = list(self.model_stats.values())
+            self.db.conn.executemany(_MODEL_STATS_UPSERT, [[r[c] for c in _MODEL_STATS_COLUMNS]
+                                                           for r in rows])
+        if self.update_events is not None:
+            for device, events in self.updates.items():
+                self._forward(self.update_events, device, events)
+
+    def _forward(self, update_events: UpdateEvents, device: str,
+                 events: list[Mapping[str, Any]]) -> None:
+        """Hand a device's update events to the updates component, in device-clock order
+        within the batch (outbox replays come late). A failure there is logged and
+        undone (savepoint): it must not cost the batch its telemetry."""
+        self.db.execute("SAVEPOINT forward_update_events")
+        try:
+            update_events.record(device, sorted(events, key=lambda e: e["ts"]))
+        except Exception:
+            self.db.execute("ROLLBACK TO forward_update_events")
+            log.exception("update events of %s not recorded", device)
+        self.db.execute("RELEASE forward_update_events")
 
     def _presence(self, device: str) -> dict[str, Any]:
         row = self.presence.get(device)
@@ -418,6 +458,11 @@ class _Apply:
                         "device_id": device, "model": lat.model,
                         "predictions": lat.predictions, "p50_ms": lat.p50_ms,
                         "p95_ms": lat.p95_ms, "ts": env.ts, "updated_at": self.now}
+            for stats in body.stats:
+                key = (device, stats.model, stats.version)
+                current = self.model_stats.get(key)
+                if current is None or env.ts >= current["ts"]:
+                    self.model_stats[key] = _model_stats_row(device, stats, env.ts, self.now)
         elif isinstance(body, bodies.Predictions):
             self.prediction_devices.add(device)
             for record in body.records:
@@ -437,3 +482,34 @@ class _Apply:
                 "device_id": device, "seq": env.seq, "ts": float(e["ts"]),
                 "kind": str(e["kind"]), "event": _dumps(e), "received_at": self.now}
                 for e in body.events])
+            if body.update:
+                self.updates.setdefault(device, []).extend(body.update)
+
+
+_MODEL_STATS_COLUMNS = ("device_id", "model", "version", "predictions", "p50_ms", "p95_ms",
+                        "labeled", "correct", "shadow_version", "shadow_compared",
+                        "shadow_agreed", "shadow_p95_ms", "ts", "updated_at")
+_MODEL_STATS_KEY = ("device_id", "model", "version")
+# A row is only replaced by a heartbeat at least as new (device clock): an outbox replay
+# of an old heartbeat must not overwrite newer counters of the same version.
+_MODEL_STATS_UPSERT = (
+    f"INSERT INTO ingest_model_stats ({', '.join(_MODEL_STATS_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join('?' for _ in _MODEL_STATS_COLUMNS)}) "
+    f"ON CONFLICT ({', '.join(_MODEL_STATS_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _MODEL_STATS_COLUMNS
+                if c not in _MODEL_STATS_KEY)
+    + " WHERE excluded.ts >= ingest_model_stats.ts"
+)
+
+
+def _model_stats_row(device: str, stats: bodies.ModelStats, ts: float,
+                     now: str) -> dict[str, Any]:
+    shadow = stats.shadow
+    return {"device_id": device, "model": stats.model, "version": stats.version,
+            "predictions": stats.predictions, "p50_ms": stats.p50_ms, "p95_ms": stats.p95_ms,
+            "labeled": stats.labeled, "correct": stats.correct,
+            "shadow_version": shadow.version if shadow else None,
+            "shadow_compared": shadow.compared if shadow else None,
+            "shadow_agreed": shadow.agreed if shadow else None,
+            "shadow_p95_ms": shadow.p95_ms if shadow else None,
+            "ts": ts, "updated_at": now}

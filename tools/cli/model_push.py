@@ -19,55 +19,10 @@ from typing import Any
 
 import click
 
-DEFAULT_SERVER = "http://127.0.0.1:8080"
+from edgefleet.tools.cli._api import api_url, call, post_json, server_options
+
 _CHUNK = 1 << 20
 _STAGES = ("draft", "staging", "production", "archived")
-
-
-def _server_options(fn: Any) -> Any:
-    fn = click.option("--token", envvar="EDGEFLEET_API_TOKEN", required=True,
-                      help="API token (env EDGEFLEET_API_TOKEN).")(fn)
-    return click.option("--server", "server_url", envvar="EDGEFLEET_SERVER",
-                        default=DEFAULT_SERVER, show_default=True,
-                        help="Fleet server URL (env EDGEFLEET_SERVER).")(fn)
-
-
-def _url(server_url: str, *parts: str) -> str:
-    parsed = urllib.parse.urlsplit(server_url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise click.ClickException(f"--server must be http(s)://host[:port], got {server_url!r}")
-    quoted = "/".join(urllib.parse.quote(p, safe="") for p in parts)
-    return f"{server_url.rstrip('/')}/api/v1/{quoted}"
-
-
-def _call(request: urllib.request.Request, timeout_s: float = 600.0) -> dict[str, Any]:
-    """Send ``request``; the decoded JSON answer, or a ClickException with the API error."""
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - http(s) URL of the configured fleet server
-            body: dict[str, Any] = json.loads(response.read() or b"{}")
-            return body
-    except urllib.error.HTTPError as e:
-        message = e.reason
-        try:
-            error = json.loads(e.read())["error"]
-            message = f"{error['code']}: {error['message']}"
-            if error.get("details"):
-                message += f" {error['details']}"
-        except (ValueError, KeyError, TypeError):
-            pass
-        raise click.ClickException(f"server answered {e.code}: {message}") from e
-    except (urllib.error.URLError, OSError) as e:
-        raise click.ClickException(f"cannot reach {request.full_url}: "
-                                   f"{getattr(e, 'reason', e)}") from e
-    except ValueError as e:
-        raise click.ClickException("the server's answer is not JSON") from e
-
-
-def _post_json(url: str, token: str, payload: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(  # noqa: S310 - http(s) URL of the configured fleet server
-        url, data=json.dumps(payload).encode(), method="POST",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    return _call(request)
 
 
 def _multipart(fields: dict[str, str], file: Path) -> tuple[str, int, Iterator[bytes]]:
@@ -101,7 +56,7 @@ def _multipart(fields: dict[str, str], file: Path) -> tuple[str, int, Iterator[b
               path_type=Path), help="JSON file: description, metrics, reference_profile, "
               "parent, data_digest, training_run, federated_round, code_version, quantization.")
 @click.option("--parent", default=None, help="Parent version ('1.0' or 'other-model@1.0').")
-@_server_options
+@server_options
 def push_command(*, file: Path, name: str, version: str, metadata_file: Path | None,
                  parent: str | None, server_url: str, token: str) -> None:
     """Upload a model file as a new version (stage draft); prints NAME@VERSION."""
@@ -118,10 +73,10 @@ def push_command(*, file: Path, name: str, version: str, metadata_file: Path | N
     content_type, length, body = _multipart(
         {"version": version, "metadata": json.dumps(metadata)}, file)
     request = urllib.request.Request(  # noqa: S310 - http(s) URL of the configured fleet server
-        _url(server_url, "models", name, "versions"), data=body, method="POST",
+        api_url(server_url, "models", name, "versions"), data=body, method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": content_type,
                  "Content-Length": str(length)})
-    record = _call(request)
+    record = call(request)
     click.echo(f"{record['model']}@{record['version']}")
     click.echo(f"id {record['id']}, {record['framework']}, {record['digest']}, "
                f"{record['size_bytes']} bytes, stage {record['stage']}", err=True)
@@ -131,10 +86,10 @@ def push_command(*, file: Path, name: str, version: str, metadata_file: Path | N
 @click.argument("name")
 @click.argument("version")
 @click.option("--reason", required=True, help="Why this version may go to production.")
-@_server_options
+@server_options
 def approve_command(*, name: str, version: str, reason: str, server_url: str, token: str) -> None:
     """Approve a staging version for production (admin, or an operator other than the uploader)."""
-    record = _post_json(_url(server_url, "models", name, "versions", version, "approve"),
+    record = post_json(api_url(server_url, "models", name, "versions", version, "approve"),
                         token, {"reason": reason})
     click.echo(f"{record['model']}@{record['version']} approved by "
                f"{record['approved_by_name']} at {record['approved_at']}")
@@ -146,11 +101,11 @@ def approve_command(*, name: str, version: str, reason: str, server_url: str, to
 @click.option("--to", "stage", type=click.Choice(_STAGES), required=True,
               help="Target stage (production needs an approval first).")
 @click.option("--reason", default="", help="Why (kept in the audit log).")
-@_server_options
+@server_options
 def promote_command(*, name: str, version: str, stage: str, reason: str, server_url: str,
                     token: str) -> None:
     """Move a model version to another stage (draft, staging, production, archived)."""
-    record = _post_json(_url(server_url, "models", name, "versions", version, "stage"),
+    record = post_json(api_url(server_url, "models", name, "versions", version, "stage"),
                         token, {"stage": stage, "reason": reason})
     click.echo(f"{record['model']}@{record['version']} is now {record['stage']}")
 

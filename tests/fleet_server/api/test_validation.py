@@ -127,3 +127,12 @@ def test_nan_and_infinity_are_refused_in_bodies(env: Env) -> None:
 def test_app_uses_the_strict_json_provider(env: Env) -> None:
     with pytest.raises(ValueError):
         env.app.json.loads('{"a": NaN}')
+
+
+def test_exclusive_bounds_are_openapi_3_0_booleans() -> None:
+    rate = {"type": "number", "minimum": 0, "maximum": 1, "exclusiveMinimum": True,
+            "exclusiveMaximum": True}
+    assert validate(0.5, rate) == []
+    assert validate(0, rate) == ["$: not above 0"]
+    assert validate(1, rate) == ["$: not below 1"]
+    assert validate(0, {"type": "number", "minimum": 0}) == []
