@@ -12,12 +12,13 @@ import ipaddress
 import math
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
 from edgefleet.agent.daemon.errors import ConfigError
+from edgefleet.agent.federated.config import FederatedConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _LOOPBACK_NAMES = ("localhost",)
@@ -80,6 +81,8 @@ class DaemonConfig:
     max_records_per_message: int = 500
     max_request_bytes: int = 4 * 1024 * 1024
     feedback_max_rows: int = 100_000
+    # [federated]: see docs/agent-federated.md
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models:
@@ -117,6 +120,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, source: str = "agent.t
     listen = _listen(r.text("listen", "127.0.0.1:8470"), r, base_dir)
     telemetry = r.table("telemetry")
     updates = r.table("updates")
+    federated = r.table("federated")
     raw_models = r.raw("models")
     if not isinstance(raw_models, list) or not raw_models:
         r.fail("models", "must be a non-empty array of tables ([[models]])")
@@ -141,6 +145,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, source: str = "agent.t
         max_request_bytes=r.integer("max_request_bytes", 4 * 1024 * 1024, low=1024,
                                 high=1024 * 1024 * 1024),
         feedback_max_rows=r.integer("feedback_max_rows", 100_000, low=1, high=100_000_000),
+        federated=_federated(federated, names),
     )
     telemetry.done()
     updates.done()
@@ -151,6 +156,37 @@ def parse_config(data: dict[str, Any], *, base_dir: Path, source: str = "agent.t
                                   "update agent replaces)")
         if config.updates_model not in names:
             updates.fail("model", f"names no configured model: {config.updates_model!r}")
+    return config
+
+
+def _federated(r: _Reader, names: list[str]) -> FederatedConfig:
+    """The ``[federated]`` table; what is required only matters when enabled."""
+    model = r.optional_str("model")
+    config = FederatedConfig(
+        enabled=r.flag("enabled", False),
+        superlink=r.optional_str("superlink") or "",
+        ca_cert=r.path("ca_cert", required=False),
+        node_key=r.path("node_key", required=False),
+        model=model or (names[0] if len(names) == 1 else ""),
+        min_examples=r.integer("min_examples", 10, low=2, high=100_000_000),
+        max_examples=r.integer("max_examples", 10_000, low=2, high=100_000_000),
+        holdout_fraction=r.number("holdout_fraction", 0.2, low=0.0, high=1.0),
+        max_load_per_cpu=r.number("max_load_per_cpu", 1.0, low=0.0),
+        refresh_s=r.number("refresh_s", 300.0, low=1.0),
+    )
+    r.done()
+    if not 0.0 < config.holdout_fraction < 1.0:
+        r.fail("holdout_fraction", f"must be in (0, 1), got {config.holdout_fraction}")
+    if config.max_examples < config.min_examples:
+        r.fail("max_examples", f"must be >= min_examples ({config.min_examples})")
+    if config.enabled:
+        host, sep, port = config.superlink.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            r.fail("superlink", f"must be 'HOST:PORT' when enabled, got {config.superlink!r}")
+        if config.ca_cert is None:
+            r.fail("ca_cert", "is required when enabled (the SuperLink must use TLS)")
+        if config.model not in names:
+            r.fail("model", f"must name a configured model when enabled, got {config.model!r}")
     return config
 
 

@@ -109,6 +109,7 @@ class Daemon:
         self._shadow_lock = threading.Lock()
         self.desired: DesiredHint | None = None  # the latest valid hint (not trusted)
         self.desired_rejected = 0
+        self.federated: Any = None  # SuperNodeSupervisor when [federated] enabled
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -158,6 +159,8 @@ class Daemon:
             flush_interval_s=cfg.flush_interval_s, window_s=cfg.window_s,
             max_records_per_message=cfg.max_records_per_message)
         self.predlog.start()
+        if cfg.federated.enabled:
+            self.federated = self._federated_supervisor()
         if self.telemetry is not None:
             self.telemetry.start()
         if self._updater is not None:
@@ -203,6 +206,26 @@ class Daemon:
                 raise ConfigError(f"model {m.name}: {e}") from e
         return holder
 
+    def _federated_supervisor(self) -> Any:
+        # Imported only when enabled: it needs flwr (the [federated] extra).
+        from edgefleet.agent.federated.config import FEDERATED_DIR
+        from edgefleet.agent.federated.errors import NodeKeyError
+
+        try:
+            from edgefleet.agent.federated.supervisor import SuperNodeSupervisor
+        except ImportError as e:
+            raise ConfigError(f"federated enabled but flwr is missing (install "
+                              f"edgefleet[federated]): {e}") from e
+
+        assert self.store is not None
+        supervisor = SuperNodeSupervisor(self.config.federated, store=self.store,
+                                         work_dir=self.config.state_dir / FEDERATED_DIR)
+        try:
+            supervisor.start()
+        except NodeKeyError as e:
+            raise ConfigError(f"federated: {e}") from e
+        return supervisor
+
     def _telemetry(self) -> Any:
         from edgefleet.agent.telemetry import BrokerConfigError, TelemetryClient
         from edgefleet.agent.telemetry.client import TelemetryConfig
@@ -231,6 +254,9 @@ class Daemon:
         for thread in self._threads:
             thread.join(10)
         self._threads = []
+        if self.federated is not None:  # before the store it reads closes
+            self.federated.stop()
+            self.federated = None
         if self.predlog is not None:
             self.predlog.stop()
             self.predlog = None
@@ -350,6 +376,9 @@ class Daemon:
                         "dropped": 0 if predlog is None else predlog.dropped},
             "accuracy": accuracy,
             "shadow": self._shadow_health(),
+            "federated": self.federated.status() if self.federated is not None else {
+                "state": "off", "reason": "federated training is configured off",
+                "examples": 0, "restarts": 0},
             "process": self.stats.process(),
         }
 
