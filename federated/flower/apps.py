@@ -145,10 +145,16 @@ def _node_setup(context: Context) -> tuple[RunSettings, NodeData]:
     path = context.node_config.get(DATA_PATH_KEY)
     if not isinstance(path, str) or not path:
         raise NodeDataError(f"node config has no {DATA_PATH_KEY!r}")
-    data = load_node_data(Path(path), holdout_fraction=settings.holdout_fraction,
-                          seed=settings.seed)
-    if data.n_total < settings.min_examples or data.y_holdout.shape[0] == 0:
-        raise _Refusal(f"{data.n_total} labelled examples, need {settings.min_examples}")
+    # The device's own limits bind too: the stricter minimum, the device's held-out share.
+    node_min = context.node_config.get("min-examples")
+    node_holdout = context.node_config.get("holdout-fraction")
+    minimum = max(settings.min_examples,
+                  int(node_min) if isinstance(node_min, int | float) else 0)
+    holdout = (float(node_holdout) if isinstance(node_holdout, int | float)
+               and 0.0 < float(node_holdout) < 1.0 else settings.holdout_fraction)
+    data = load_node_data(Path(path), holdout_fraction=holdout, seed=settings.seed)
+    if data.n_total < minimum or data.y_holdout.shape[0] == 0:
+        raise _Refusal(f"{data.n_total} labelled examples, need {minimum}")
     return settings, data
 
 

@@ -4,7 +4,8 @@ Modules: ``model`` (the shared vocabulary: states, thresholds, observations, dec
 ``spec`` (what an operator asks for, parsed), ``waves`` (wave sizes and the random device
 order, pure), ``policy`` (gates and the decision, pure), ``observe`` (observations from
 what devices reported), ``abstats`` (significance tests for A/B comparisons, pure),
-``service`` (database state and carrying decisions out), ``api`` (the blueprint),
+``service`` (database state and carrying decisions out), ``experiments`` (A/B tests),
+``api`` (the blueprint),
 ``schema`` (tables). See docs/rollouts.md.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Callable
 
 from edgefleet.fleet_server.rollouts import schema
 from edgefleet.fleet_server.rollouts.api import create_blueprint
+from edgefleet.fleet_server.rollouts.experiments import experiment_service
 from edgefleet.fleet_server.rollouts.service import (
     PUBLISH_KEY,
     TICK_INTERVAL_S,
@@ -30,6 +32,9 @@ def jobs(services: Services) -> list[tuple[str, float, Callable[[], None]]]:
 
     def tick() -> None:
         rollout_service(services).tick()
+        experiments = experiment_service(services)
+        for experiment_id in experiments.pending_work():  # interrupted by a crash
+            experiments.carry_out(experiment_id)
 
     return [("rollouts.tick", TICK_INTERVAL_S, tick)]
 

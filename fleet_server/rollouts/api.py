@@ -12,6 +12,8 @@ Viewers read rollouts, their devices and decision logs; operators create and ste
 * ``GET /rollouts/<id>/decisions``: the decision log, oldest first.
 * ``POST /rollouts/<id>/pause|resume|promote|abort|rollback`` (body ``{"reason"}``
   optional): 409 when the rollout's status does not allow it.
+* ``POST /experiments``, ``GET /experiments``, ``GET /experiments/<id>``,
+  ``POST /experiments/<id>/stop``: A/B tests (see ``experiments``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from edgefleet.fleet_server.rollouts.errors import (
     RolloutInvalid,
     RolloutNotFound,
 )
+from edgefleet.fleet_server.rollouts.experiments import CREATE_SCHEMA as EXPERIMENT_SCHEMA
+from edgefleet.fleet_server.rollouts.experiments import experiment_service
 from edgefleet.fleet_server.rollouts.model import DeviceState, RolloutStatus
 from edgefleet.fleet_server.rollouts.service import rollout_service
 from edgefleet.fleet_server.rollouts.spec import CREATE_SCHEMA, SpecError, parse_spec
@@ -141,7 +145,43 @@ def create_blueprint(services: Services) -> Blueprint:
 
     for action in ACTIONS:
         _action_route(bp, services, action)
+    _experiment_routes(bp, services)
     return bp
+
+
+def _experiment_routes(bp: Blueprint, services: Services) -> None:
+    tag = ("experiments",)
+
+    @route(bp, "/experiments", ["POST"], role=Role.OPERATOR,
+           request_schema=EXPERIMENT_SCHEMA,
+           summary="Start an A/B test: two versions on two randomized arms of devices",
+           responses={201: "The experiment, both arms assigned",
+                      404: "Unknown versions or devices, or too few devices",
+                      409: "Device already busy, or a release not published"}, tags=tag)
+    def create_experiment() -> Any:
+        return jsonify(experiment_service(services).create(g.body, current_actor())), 201
+
+    @route(bp, "/experiments", ["GET"], role=Role.VIEWER, summary="A/B tests, newest first",
+           responses={200: "Experiments"}, params=PAGINATION_PARAMS, tags=tag)
+    def list_experiments() -> Any:
+        page = page_request()
+        items, total = experiment_service(services).list_experiments(
+            limit=page.limit, offset=page.offset)
+        return jsonify(paginate(items, total, page))
+
+    @route(bp, "/experiments/<experiment_id>", ["GET"], role=Role.VIEWER,
+           summary="An A/B test: arms, the metric per arm, the test, winner and confidence",
+           responses={200: "The experiment", 404: "No such experiment"}, tags=tag)
+    def get_experiment(experiment_id: str) -> Any:
+        return jsonify(experiment_service(services).get(_rollout_id(experiment_id)))
+
+    @route(bp, "/experiments/<experiment_id>/stop", ["POST"], role=Role.OPERATOR,
+           request_schema=ACTION_SCHEMA, summary="Stop an A/B test (devices keep versions)",
+           responses={200: "The experiment with its final result",
+                      404: "No such experiment", 409: "Already stopped"}, tags=tag)
+    def stop_experiment(experiment_id: str) -> Any:
+        return jsonify(experiment_service(services).stop(
+            _rollout_id(experiment_id), current_actor(), (g.body or {}).get("reason", "")))
 
 
 def _action_route(bp: Blueprint, services: Services, action: str) -> None:

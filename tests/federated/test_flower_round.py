@@ -268,6 +268,13 @@ def test_client_app_refuses_with_too_few_examples_and_reports_broken_data(
     assert refused.has_error() and refused.error.code == REFUSED_CODE
     assert refused.error.reason.startswith("refused: 5 labelled examples")
 
+    # the device's own minimum binds too (the stricter of the node's and the run's)
+    strict = node_context(small, **{"min-examples": 2})
+    strict.node_config["min-examples"] = 20
+    refused = client_app(train_message(start), strict)
+    assert refused.has_error() and refused.error.code == REFUSED_CODE
+    assert "need 20" in refused.error.reason
+
     missing = client_app(train_message(start), node_context(tmp_path / "nope.npz"))
     assert missing.has_error() and missing.error.code == FAILED_CODE
     assert "nope.npz" in missing.error.reason
