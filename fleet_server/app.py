@@ -40,6 +40,7 @@ FEATURES = [
     "edgefleet.fleet_server.ingest",
     "edgefleet.fleet_server.fleetdrift",
     "edgefleet.fleet_server.rollouts",
+    "edgefleet.fleet_server.fljobs",
 ]
 
 

@@ -10,6 +10,7 @@ This module does no I/O.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -61,6 +62,7 @@ DEFAULT_RUN_CONFIG: dict[str, ConfigValue] = {
     "n-classes": 0,  # required
     "hidden": 32,
     "seed": 0,
+    "node-ids": "",  # comma-separated Flower node ids: only these take part ("": every node)
     "min-examples": 10,  # a node with fewer labelled examples refuses the round
     "holdout-fraction": 0.2,  # each node's held-out share for evaluation
 }
@@ -97,8 +99,16 @@ class RunSettings:
     n_classes: int
     hidden: int
     seed: int
+    node_ids: str
     min_examples: int
     holdout_fraction: float
+
+    @property
+    def cohort(self) -> frozenset[int] | None:
+        """The Flower node ids allowed to take part (None: every connected node)."""
+        if not self.node_ids.strip():
+            return None
+        return frozenset(int(x) for x in self.node_ids.split(",") if x.strip())
 
     @property
     def dp_enabled(self) -> bool:
@@ -142,6 +152,8 @@ class RunSettings:
         checks: list[tuple[bool, str]] = [
             (self.num_rounds >= 1, "num-rounds must be >= 1"),
             (self.min_nodes >= 1, "min-nodes must be >= 1"),
+            (re.fullmatch(r"\s*(\d+\s*(,\s*\d+\s*)*)?", self.node_ids) is not None,
+             "node-ids must be comma-separated node ids"),
             (self.min_replies >= 1, "min-replies must be >= 1"),
             (0.0 < self.fraction_train <= 1.0, "fraction-train must be in (0, 1]"),
             (0.0 <= self.fraction_evaluate <= 1.0, "fraction-evaluate must be in [0, 1]"),

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -120,6 +120,21 @@ def resolve_start(settings: RunSettings) -> StartPoint:
     return StartPoint(model.weights(), 1, None)
 
 
+class CohortGrid:
+    """A Grid whose ``get_node_ids`` lists only the cohort's connected nodes; everything
+    else is the wrapped Grid's. Nodes outside the cohort are never asked to train."""
+
+    def __init__(self, grid: Grid, cohort: frozenset[int]) -> None:
+        self._grid = grid
+        self._cohort = cohort
+
+    def get_node_ids(self) -> list[int]:
+        return [n for n in self._grid.get_node_ids() if n in self._cohort]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
 def wait_for_nodes(
     grid: Grid, minimum: int, timeout_s: float, *, sleep: Callable[[float], None] = time.sleep
 ) -> list[int]:
@@ -203,6 +218,9 @@ def run_rounds(grid: Grid, settings: RunSettings, *, run_id: int) -> list[RoundR
         )
         save_round(directory, start.weights, initial)
     arrays = to_array_record(start.weights)
+    cohort = settings.cohort
+    if cohort is not None:  # strategies sample from the grid: show them the cohort only
+        grid = cast(Grid, CohortGrid(grid, cohort))
     ctx = _RunContext(grid, strategy, settings, run_id, dp, start.resumed_from)
     for server_round in range(start.first_round, settings.num_rounds + 1):
         record, arrays = _one_round(ctx, arrays, server_round)

@@ -409,3 +409,28 @@ def test_managed_process_restarts_with_backoff_and_stops_its_whole_group(
         time.sleep(0.05)
     status = Path(f"/proc/{grandchild}/status")
     assert not status.exists() or "zombie" in status.read_text()
+
+
+def test_a_cohort_limits_the_nodes_strategies_see() -> None:
+    from edgefleet.federated.flower.rounds import CohortGrid
+
+    class Grid:
+        def get_node_ids(self) -> list[int]:
+            return [1, 2, 3, 18446744073709551615]
+
+        def run_id(self) -> int:
+            return 9
+
+    settings = RunSettings.from_run_config(
+        {"n-features": 4, "n-classes": 3, "node-ids": "3, 18446744073709551615"},
+        require_checkpoint_dir=False)
+    assert settings.cohort == frozenset({3, 18446744073709551615})
+    cohort = CohortGrid(Grid(), settings.cohort)  # type: ignore[arg-type]
+    assert cohort.get_node_ids() == [3, 18446744073709551615]
+    assert cohort.run_id() == 9  # everything else is the real grid's
+    everyone = RunSettings.from_run_config({"n-features": 4, "n-classes": 3},
+                                           require_checkpoint_dir=False)
+    assert everyone.cohort is None
+    with pytest.raises(SettingsError, match="node-ids"):
+        RunSettings.from_run_config({"n-features": 4, "n-classes": 3, "node-ids": "1;2"},
+                                    require_checkpoint_dir=False)

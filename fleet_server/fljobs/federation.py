@@ -1,0 +1,138 @@
+"""The SuperLink the fleet server supervises (nodes are the devices, not the server).
+
+:class:`FederationManager` lazily starts one :class:`~edgefleet.federated.flower.processes.
+Federation` in ``<data dir>/federation`` with TLS and SuperNode authentication on, the
+first time something needs it (a node registration, a job run), and stops it with the
+server. It is the only place in the server that talks to Flower's Control API.
+
+What a device needs to join: the SuperLink's fleet address and the CA certificate
+(:meth:`FederationManager.join_info`), plus its own key registered through
+:meth:`FederationManager.register_node` (``POST /fl/nodes``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edgefleet.fleet_server.fljobs.errors import FederationUnavailable, JobConflict
+
+logger = logging.getLogger(__name__)
+
+ConfigValue = bool | int | float | str
+
+
+class FederationManager:
+    """Owns the server's SuperLink (see module docstring). Thread-safe."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self._lock = threading.Lock()
+        self._federation: Any = None  # Federation, imported lazily (flwr is heavy)
+
+    @property
+    def started(self) -> bool:
+        """The SuperLink was started by this manager and not stopped."""
+        return self._federation is not None
+
+    def federation(self) -> Any:
+        """The running ``Federation``, started on first use.
+
+        Raises:
+            FederationUnavailable: flwr missing or the SuperLink does not start.
+        """
+        with self._lock:
+            if self._federation is None:
+                try:
+                    from edgefleet.federated.flower.errors import FlowerRuntimeError
+                    from edgefleet.federated.flower.processes import Federation
+                except ImportError as e:
+                    raise FederationUnavailable(
+                        f"federated training needs edgefleet[federated] (flwr): {e}") from e
+                self.work_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    federation = Federation(self.work_dir, supernode_auth=True)
+                    federation.start()
+                except (FlowerRuntimeError, OSError) as e:
+                    raise FederationUnavailable(f"cannot start the SuperLink: {e}") from e
+                logger.info("SuperLink started at %s", federation.superlink.address)
+                self._federation = federation
+                # Its children run in their own process groups: do not orphan them when
+                # the server exits without closing the feature.
+                atexit.register(self.stop)
+            return self._federation
+
+    def join_info(self, *, start: bool = True) -> dict[str, Any]:
+        """What a device's SuperNode needs: ``superlink`` address and ``ca_cert`` PEM.
+
+        With ``start=False`` a SuperLink that is not running is not started: the answer
+        is ``{"running": false}``.
+        """
+        if not start and not self.started:
+            return {"running": False}
+        superlink = self.federation().superlink
+        return {"running": True, "superlink": superlink.address,
+                "ca_cert": superlink.tls.ca_cert.read_text(), "supernode_auth": True}
+
+    def register_node(self, public_key_pem: bytes) -> int:
+        """Register a SuperNode public key (PEM SubjectPublicKeyInfo); its node id.
+
+        Raises:
+            JobConflict: the SuperLink refused the key (for example registered already).
+            FederationUnavailable: the SuperLink cannot be started.
+        """
+        from edgefleet.federated.flower.errors import RunError
+
+        with self.federation().superlink.control() as control:
+            try:
+                return int(control.register_node(public_key_pem))
+            except RunError as e:
+                raise JobConflict(str(e)) from e
+
+    def online_node_ids(self) -> set[int]:
+        """Node ids the SuperLink currently lists as online.
+
+        Raises:
+            FederationUnavailable: the Control API cannot be reached.
+        """
+        from edgefleet.federated.flower.errors import RunError
+
+        try:
+            return {n.node_id for n in self.federation().online_nodes()}
+        except RunError as e:
+            raise FederationUnavailable(str(e)) from e
+
+    def submit_run(self, run_config: Mapping[str, ConfigValue]) -> int:
+        """Start a run of the edgefleet apps; its run id.
+
+        Raises:
+            RunError: the SuperLink rejected the run.
+        """
+        return int(self.federation().submit_run(None, run_config))
+
+    def run_state(self, run_id: int) -> Any:
+        """The run's ``RunState``. Raises RunError."""
+        with self.federation().superlink.control() as control:
+            return control.run_state(run_id)
+
+    def stop_run(self, run_id: int) -> None:
+        """Ask the SuperLink to stop a run (errors are logged: the run may have ended)."""
+        from edgefleet.federated.flower.errors import RunError
+
+        try:
+            with self.federation().superlink.control() as control:
+                control.stop_run(run_id)
+        except (RunError, FederationUnavailable) as e:
+            logger.info("stopping run %s: %s", run_id, e)
+
+    def stop(self) -> None:
+        """Stop the SuperLink (its state database stays). Idempotent."""
+        with self._lock:
+            federation, self._federation = self._federation, None
+        if federation is not None:
+            atexit.unregister(self.stop)
+            federation.stop()
