@@ -236,6 +236,11 @@ def _audit_view(device: Mapping[str, Any]) -> dict[str, Any]:
                                    "decommissioned_at", "decommission_reason")}
 
 
+#: ``services.extras`` key of a list of ``Callable[[str], None]`` that other features
+#: append to: each is called with the device id after a decommission (errors are logged).
+DECOMMISSION_LISTENERS_KEY = "devices.decommission_listeners"
+
+
 def device_service(services: Services) -> DeviceService:
     """The app's DeviceService, created once and kept in ``services.extras["devices"]``.
 
@@ -247,7 +252,14 @@ def device_service(services: Services) -> DeviceService:
         return existing
     def revoke(device_id: str) -> None:
         # Looked up at call time: the server may attach its broker after the app exists.
-        services.broker.disconnect(device_id)
+        try:
+            services.broker.disconnect(device_id)
+        finally:
+            for listener in list(services.extras.get(DECOMMISSION_LISTENERS_KEY, ())):
+                try:
+                    listener(device_id)
+                except Exception:
+                    log.exception("decommission listener failed for device %s", device_id)
 
     svc = DeviceService(services.store, services.audit, on_revoke=revoke)
     services.extras["devices"] = svc

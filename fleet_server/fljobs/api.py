@@ -12,12 +12,19 @@ devices' Flower node keys.
 * ``POST /fl/jobs/<id>/cancel``: 409 when the job already ended.
 * ``POST /fl/nodes`` (body ``{"device_id", "public_key"}``): register a device's SuperNode
   key on the server's SuperLink -> 201 node id, SuperLink address, CA certificate.
+* ``POST /device/fl-node`` (device-signed, ``updates.device_auth``; body
+  ``{"public_key"}``, EC P-384 PEM): the calling device registers its own SuperNode key
+  -> 201 (registered, or replaced an older key: the old node is unregistered at the
+  SuperLink) or 200 (the same key was registered already) with ``device_id``,
+  ``node_id``, ``superlink``, ``ca_cert``; 401 ``device_auth_failed`` (unsigned, forged,
+  unknown or decommissioned device). The device id comes from the signature only.
 * ``GET /fl/federation``: the SuperLink address and CA certificate devices join with
   (``{"running": false}`` while no registration or job has started the SuperLink).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -30,16 +37,19 @@ from edgefleet.fleet_server.api.pagination import (
     query_filter,
 )
 from edgefleet.fleet_server.api.routing import current_actor, route
+from edgefleet.fleet_server.api.validation import json_body
 from edgefleet.fleet_server.auth.roles import Role
+from edgefleet.fleet_server.devices.service import DECOMMISSION_LISTENERS_KEY
 from edgefleet.fleet_server.fljobs.errors import (
     FederationUnavailable,
     JobConflict,
     JobInvalid,
     JobNotFound,
 )
-from edgefleet.fleet_server.fljobs.service import fljob_service
+from edgefleet.fleet_server.fljobs.service import MAX_NODE_KEY_PEM, fljob_service
 from edgefleet.fleet_server.fljobs.spec import CREATE_SCHEMA, JobStatus
 from edgefleet.fleet_server.services import Services
+from edgefleet.fleet_server.updates.device_auth import HEADER_PARAMS, device_required
 
 TAG = ("federated",)
 NODE_SCHEMA: dict[str, Any] = {
@@ -50,6 +60,16 @@ NODE_SCHEMA: dict[str, Any] = {
         "device_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
         "public_key": {"type": "string", "minLength": 1, "maxLength": 4096,
                        "description": "the SuperNode's EC public key, PEM "
+                                      "SubjectPublicKeyInfo"},
+    },
+}
+DEVICE_NODE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["public_key"],
+    "additionalProperties": False,
+    "properties": {
+        "public_key": {"type": "string", "minLength": 100, "maxLength": MAX_NODE_KEY_PEM,
+                       "description": "this device's SuperNode public key: EC P-384, PEM "
                                       "SubjectPublicKeyInfo"},
     },
 }
@@ -73,8 +93,20 @@ def _job_id(raw: str) -> int:
     return int(raw)
 
 
+def _forget_device(services: Services) -> Any:
+    from edgefleet.fleet_server.audit import SYSTEM
+
+    def listener(device_id: str) -> None:
+        fljob_service(services).forget_device(device_id, SYSTEM)
+
+    return listener
+
+
 def create_blueprint(services: Services) -> Blueprint:
     bp = Blueprint("fljobs", __name__)
+    # A decommissioned device loses its Flower node (see devices.service).
+    services.extras.setdefault(DECOMMISSION_LISTENERS_KEY, []).append(
+        _forget_device(services))
 
     @bp.errorhandler(JobNotFound)
     def _not_found(e: JobNotFound) -> Response:
@@ -136,6 +168,29 @@ def create_blueprint(services: Services) -> Blueprint:
         body = g.body
         return jsonify(fljob_service(services).register_node(
             body["device_id"], body["public_key"], current_actor())), 201
+
+    @route(bp, "/device/fl-node", ["POST"], role=None, params=HEADER_PARAMS,
+           summary="Register this device's Flower SuperNode key (device-signed request); "
+                   "what it needs to join",
+           responses={200: "The same key was registered: node id, SuperLink address, CA "
+                           "certificate",
+                      201: "Key registered (an older key of the device is unregistered): "
+                           "node id, SuperLink address, CA certificate",
+                      400: "Not an EC P-384 public key in PEM",
+                      401: "Device authentication failed (code device_auth_failed)",
+                      409: "The SuperLink refused the key (in use by another node)",
+                      503: "SuperLink not available"},
+           tags=TAG)
+    @device_required
+    def register_device_node() -> Any:
+        body = json_body(DEVICE_NODE_SCHEMA)
+        answer, created = fljob_service(services).register_device_node(
+            g.device_id, body["public_key"], g.actor)
+        return jsonify(answer), 201 if created else 200
+
+    register_device_node.openapi_operation = dataclasses.replace(
+        register_device_node.openapi_operation,
+        request_schema=DEVICE_NODE_SCHEMA)
 
     @route(bp, "/fl/federation", ["GET"], role=Role.VIEWER,
            summary="What devices need to join: SuperLink address and CA certificate "

@@ -7,7 +7,16 @@ server. It is the only place in the server that talks to Flower's Control API.
 
 What a device needs to join: the SuperLink's fleet address and the CA certificate
 (:meth:`FederationManager.join_info`), plus its own key registered through
-:meth:`FederationManager.register_node` (``POST /fl/nodes``).
+:meth:`FederationManager.register_node` (``POST /fl/nodes``, ``POST /device/fl-node``).
+
+Unregistering (decommission, key replacement): Flower 1.41's Control API has
+``UnregisterNode(node_id)`` (``/v1/control/unregister-node``, what ``flwr supernode
+unregister`` calls). It does not delete the node: the SuperLink marks it ``unregistered``
+(``online_until`` cut to now), ``ListNodes`` keeps listing it with that status, the node
+can no longer activate, and its public key stays taken (``RegisterNode`` with the same key
+is refused: "Public key already in use"). A second unregister of the same node is refused
+(``NODE_NOT_FOUND``). ``ControlClient`` has no wrapper for it yet; :meth:`unregister_node`
+calls Flower's ``ControlHttpClient.UnregisterNode`` through it.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +38,12 @@ ConfigValue = bool | int | float | str
 class FederationManager:
     """Owns the server's SuperLink (see module docstring). Thread-safe."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, *,
+                 on_start: Callable[[Any], None] | None = None) -> None:
+        """``on_start(federation)`` runs once after each start, before anyone else uses the
+        SuperLink (the service reconciles node registrations); its errors are logged."""
         self.work_dir = work_dir
+        self._on_start = on_start
         self._lock = threading.Lock()
         self._federation: Any = None  # Federation, imported lazily (flwr is heavy)
 
@@ -64,6 +77,11 @@ class FederationManager:
                 # Its children run in their own process groups: do not orphan them when
                 # the server exits without closing the feature.
                 atexit.register(self.stop)
+                if self._on_start is not None:
+                    try:
+                        self._on_start(federation)
+                    except Exception:  # the SuperLink itself is usable
+                        logger.exception("SuperLink start hook failed")
             return self._federation
 
     def join_info(self, *, start: bool = True) -> dict[str, Any]:
@@ -92,6 +110,30 @@ class FederationManager:
                 return int(control.register_node(public_key_pem))
             except RunError as e:
                 raise JobConflict(str(e)) from e
+
+    def unregister_node(self, node_id: int) -> bool:
+        """Unregister a node at the SuperLink; False when it knows no such active node.
+
+        Raises:
+            FederationUnavailable: the SuperLink cannot be started or reached.
+        """
+        return unregister_node(self.federation(), node_id)
+
+    def node_status(self, node_id: int) -> str | None:
+        """The SuperLink's status of a node (``registered``, ``online``, ``offline``,
+        ``unregistered``), None when it does not list it.
+
+        Raises:
+            FederationUnavailable: the Control API cannot be reached.
+        """
+        from edgefleet.federated.flower.errors import RunError
+
+        try:
+            with self.federation().superlink.control() as control:
+                nodes = control.list_nodes()
+        except RunError as e:
+            raise FederationUnavailable(str(e)) from e
+        return next((n.status for n in nodes if n.node_id == node_id), None)
 
     def online_node_ids(self) -> set[int]:
         """Node ids the SuperLink currently lists as online.
@@ -136,3 +178,29 @@ class FederationManager:
         if federation is not None:
             atexit.unregister(self.stop)
             federation.stop()
+
+
+def unregister_node(federation: Any, node_id: int) -> bool:
+    """``UnregisterNode`` on ``federation``'s SuperLink; False when the SuperLink knows no
+    such active node (unknown or already unregistered).
+
+    Raises:
+        FederationUnavailable: the Control API cannot be reached.
+    """
+    from flwr.proto.control_pb2 import UnregisterNodeRequest
+
+    from edgefleet.federated.flower.errors import RunError
+
+    request = UnregisterNodeRequest(node_id=node_id)
+    with federation.superlink.control() as control:
+        try:
+            # ControlClient has no unregister_node yet: Flower's own HTTP client, through
+            # the wrapper's error mapping.
+            control._call("UnregisterNode", lambda: control._client.UnregisterNode(request))
+        except RunError as e:
+            if "unreachable" in str(e):
+                raise FederationUnavailable(str(e)) from e
+            logger.info("unregistering node %s: %s", node_id, e)
+            return False
+    logger.info("Flower node %s unregistered", node_id)
+    return True

@@ -10,6 +10,12 @@ the one SuperLink and the devices' SuperNodes.
 drift-triggered jobs (``on_drift``: a fleet-drift alert opened for the model after the
 job ended), and re-queues jobs a server restart interrupted (they resume from their last
 checkpoint).
+
+Flower nodes: ``register_node`` (operator, on a device's behalf), ``register_device_node``
+(the device itself, ``POST /device/fl-node``: idempotent, a new key replaces the old node)
+and ``forget_device`` (decommission: the node is unregistered at the SuperLink and its
+row deleted). Whenever the SuperLink starts, nodes it lists as active without an
+``fl_nodes`` row (a decommission while it was not running) are unregistered.
 """
 
 from __future__ import annotations
@@ -25,7 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.fleet_server.audit import Actor
-from edgefleet.fleet_server.fljobs.errors import JobConflict, JobInvalid, JobNotFound
+from edgefleet.fleet_server.fljobs.errors import (
+    FederationUnavailable,
+    JobConflict,
+    JobInvalid,
+    JobNotFound,
+)
 from edgefleet.fleet_server.fljobs.evaluate import load_holdout
 from edgefleet.fleet_server.fljobs.federation import FederationManager
 from edgefleet.fleet_server.fljobs.spec import JobSpec, JobStatus, ModelShape, parse_spec
@@ -58,7 +69,9 @@ class FlJobService:
         self.services = services
         self.store = services.store
         self.work_dir = services.config.data_dir / "fljobs"
-        self.federation = FederationManager(services.config.data_dir / "federation")
+        self.federation = FederationManager(services.config.data_dir / "federation",
+                                            on_start=self._reconcile_nodes)
+        self._nodes_lock = threading.Lock()  # node registrations, one at a time
         self.autorun = autorun
         self.clock = clock
         self._queue: queue.Queue[int | None] = queue.Queue()
@@ -198,6 +211,80 @@ class FlJobService:
             self.services.audit.record(actor, "fljob.node.register", "device", device_id,
                                        None, {"node_id": str(node_id)})
         return {**row, "node_id": node_id, **self.federation.join_info()}
+
+    def register_device_node(self, device_id: str, public_key_pem: str,
+                             actor: Actor) -> tuple[dict[str, Any], bool]:
+        """Register (or keep, or replace) the calling device's SuperNode key; the join
+        information and whether a node was registered (False: the same key already was).
+
+        A different key for the device unregisters its old node at the SuperLink first.
+
+        Raises:
+            JobNotFound: unknown or decommissioned device.
+            JobInvalid: not a PEM EC P-384 public key.
+            JobConflict: the SuperLink refused the key (for example in use by another node).
+            FederationUnavailable: the SuperLink cannot be started.
+        """
+        pem = canonical_node_key(public_key_pem)
+        db = self.store.db
+        with self._nodes_lock:
+            if not db.execute("SELECT 1 FROM devices WHERE id = ? AND status = 'active'",
+                              [device_id]).fetchall():
+                raise JobNotFound(f"no active device {device_id!r}")
+            rows = list(db["fl_nodes"].rows_where("device_id = ?", [device_id]))
+            old = rows[0] if rows else None
+            if old is not None and _same_key(old["public_key_pem"], pem):
+                return {**_node_view(old), **self.federation.join_info()}, False
+            if old is not None:
+                self.federation.unregister_node(int(old["node_id"]))
+            node_id = self.federation.register_node(pem.encode())
+            row = {"device_id": device_id, "node_id": str(node_id), "public_key_pem": pem,
+                   "registered_at": utcnow(), "registered_by": _actor_ref(actor)}
+            with self.store.transaction() as tx:
+                tx.execute("DELETE FROM fl_nodes WHERE device_id = ?", [device_id])
+                tx["fl_nodes"].insert(row)
+                self.services.audit.record(
+                    actor, "fljob.node.replace" if old else "fljob.node.register", "device",
+                    device_id, None if old is None else {"node_id": old["node_id"]},
+                    {"node_id": str(node_id)})
+        logger.info("device %s registered Flower node %s%s", device_id, node_id,
+                    "" if old is None else f" (replacing node {old['node_id']})")
+        return {**_node_view(row), **self.federation.join_info()}, True
+
+    def forget_device(self, device_id: str, actor: Actor) -> None:
+        """A decommissioned device: unregister its node at the SuperLink (when running;
+        otherwise when it next starts, see ``_reconcile_nodes``) and delete its row."""
+        with self._nodes_lock:
+            rows = list(self.store.db["fl_nodes"].rows_where("device_id = ?", [device_id]))
+            if not rows:
+                return
+            node_id = int(rows[0]["node_id"])
+            unregistered = False
+            if self.federation.started:
+                try:
+                    unregistered = self.federation.unregister_node(node_id)
+                except FederationUnavailable as e:
+                    logger.warning("node %s of device %s not unregistered now (%s); it "
+                                   "will be at the next SuperLink start", node_id,
+                                   device_id, e)
+            with self.store.transaction() as tx:
+                tx.execute("DELETE FROM fl_nodes WHERE device_id = ?", [device_id])
+                self.services.audit.record(actor, "fljob.node.unregister", "device",
+                                           device_id, {"node_id": str(node_id)},
+                                           {"superlink_unregistered": unregistered})
+        logger.info("Flower node %s of decommissioned device %s removed", node_id, device_id)
+
+    def _reconcile_nodes(self, federation: Any) -> None:
+        """On SuperLink start: unregister active nodes no ``fl_nodes`` row holds."""
+        from edgefleet.fleet_server.fljobs.federation import unregister_node
+
+        known = set(self.node_devices())
+        with federation.superlink.control() as control:
+            nodes = control.list_nodes()
+        for node in nodes:
+            if node.status != "unregistered" and node.node_id not in known:
+                logger.info("unregistering Flower node %s: no device holds it", node.node_id)
+                unregister_node(federation, node.node_id)
 
     # -- scheduling --------------------------------------------------------------------
 
@@ -397,6 +484,53 @@ def _check_public_key(pem: str) -> None:
         raise JobInvalid("public_key must be a PEM SubjectPublicKeyInfo") from e
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise JobInvalid("public_key must be an EC key (Flower SuperNode authentication)")
+
+
+#: Upper bound of a node key PEM (a P-384 SubjectPublicKeyInfo PEM is 215 characters).
+MAX_NODE_KEY_PEM = 1024
+
+
+def canonical_node_key(pem: str) -> str:
+    """The canonical PEM SubjectPublicKeyInfo of a SuperNode key, which must be EC P-384
+    (the only key ``flower-supernode`` 1.41 authenticates with).
+
+    Raises:
+        JobInvalid: too long, not exactly one PEM public key, or not EC P-384.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    text = pem.replace("\r\n", "\n").strip()
+    if len(text) > MAX_NODE_KEY_PEM:
+        raise JobInvalid(f"public_key is longer than {MAX_NODE_KEY_PEM} characters")
+    if not (text.startswith("-----BEGIN PUBLIC KEY-----\n")
+            and text.endswith("\n-----END PUBLIC KEY-----")
+            and text.count("-----BEGIN") == 1):
+        raise JobInvalid("public_key must be one PEM SubjectPublicKeyInfo "
+                         "(-----BEGIN PUBLIC KEY-----)")
+    try:
+        key = serialization.load_pem_public_key(text.encode("ascii"))
+    except (ValueError, UnicodeError) as e:
+        raise JobInvalid("public_key must be a PEM SubjectPublicKeyInfo") from e
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve,
+                                                                        ec.SECP384R1):
+        raise JobInvalid("public_key must be an EC P-384 key (Flower SuperNode "
+                         "authentication)")
+    return key.public_bytes(serialization.Encoding.PEM,
+                            serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+
+
+def _same_key(stored: str, canonical: str) -> bool:
+    # Rows written by POST /fl/nodes hold the PEM as the operator sent it.
+    try:
+        return canonical_node_key(stored) == canonical
+    except JobInvalid:
+        return False
+
+
+def _node_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {"device_id": row["device_id"], "node_id": int(row["node_id"]),
+            "registered_at": row["registered_at"]}
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:

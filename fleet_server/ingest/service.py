@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 EXTRAS_KEY = "ingest"
 UNKNOWN_TTL_S = 10.0
+_DIGEST = re.compile(r"[0-9a-f]{16,64}")  # ReferenceProfile.digest: hex
 
 
 def model_reference_profiles(db: Any, model: str) -> dict[str, ReferenceProfile]:
@@ -70,24 +72,29 @@ class CachedReferences:
         self._found: dict[tuple[str, str], ReferenceProfile] = {}
         self._missing: dict[tuple[str, str], float] = {}
         self._by_digest: dict[tuple[str, str], ReferenceProfile] = {}
-        self._digest_missing: dict[tuple[str, str], float] = {}
+        self._model_read: dict[str, float] = {}  # model -> when its profiles may be re-read
         self._lock = threading.Lock()
 
     def by_digest(self, model: str, digest: str) -> ReferenceProfile | None:
-        """The profile of some version of ``model`` whose digest is ``digest``."""
+        """The profile of some version of ``model`` whose digest is ``digest``.
+
+        The model's profiles are read at most once per ``unknown_ttl_s`` whatever digests
+        devices send (a device cannot make the writer re-read the registry per message).
+        """
+        if _DIGEST.fullmatch(digest) is None:
+            return None
         key = (model, digest)
         with self._lock:
             if key in self._by_digest:
                 return self._by_digest[key]
-            if self._fetch_model is None or self._digest_missing.get(key, -1.0) > self._clock():
+            if self._fetch_model is None or self._model_read.get(model, -1.0) > self._clock():
                 return None
         found = self._fetch_model(model)
         with self._lock:
+            if len(self._model_read) > 10_000:
+                self._model_read.clear()
+            self._model_read[model] = self._clock() + self._ttl
             self._by_digest.update({(model, d): p for d, p in found.items()})
-            if key not in self._by_digest:
-                if len(self._digest_missing) > 10_000:
-                    self._digest_missing.clear()
-                self._digest_missing[key] = self._clock() + self._ttl
             return self._by_digest.get(key)
 
     def __call__(self, model: str, version: str) -> ReferenceProfile | None:

@@ -18,6 +18,7 @@ Viewers read rollouts, their devices and decision logs; operators create and ste
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -44,6 +45,8 @@ from edgefleet.fleet_server.rollouts.spec import CREATE_SCHEMA, SpecError, parse
 from edgefleet.fleet_server.services import Services
 
 TAG = ("rollouts",)
+_ID = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() takes "²" and "١"
+_WAVE = re.compile(r"[0-9]{1,3}")
 ACTIONS = ("pause", "resume", "promote", "abort", "rollback")
 ACTION_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -67,7 +70,7 @@ DEVICE_FILTERS: list[dict[str, Any]] = [
 def _rollout_id(raw: str) -> int:
     # A plain <rollout_id> (no int converter): authentication runs before the id is
     # parsed, so anonymous callers get 401 for every path.
-    if not raw.isdigit() or len(raw) > 12:
+    if _ID.fullmatch(raw) is None:
         raise ApiError(404, "not_found", f"no rollout {raw!r}")
     return int(raw)
 
@@ -124,8 +127,8 @@ def create_blueprint(services: Services) -> Blueprint:
     def rollout_devices(rollout_id: str) -> Any:
         page = page_request()
         wave_raw = request.args.get("wave")
-        if wave_raw is not None and not wave_raw.isdigit():
-            raise ApiError(400, "invalid_parameter", "wave must be a non-negative integer")
+        if wave_raw is not None and _WAVE.fullmatch(wave_raw) is None:
+            raise ApiError(400, "invalid_parameter", "wave must be an integer 0-999")
         items, total = rollout_service(services).devices(
             _rollout_id(rollout_id),
             state=query_filter("state", [s.value for s in DeviceState]),

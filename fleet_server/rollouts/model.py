@@ -46,6 +46,8 @@ class DeviceState(enum.StrEnum):
     INSTALLED = "installed"  # COMMITTED the new bundle
     FAILED = "failed"  # reported an error for the new bundle and has not recovered
     ROLLED_BACK = "rolled_back"  # the device rolled back, or the rollout assigned it back
+    NOT_REVERTED = "not_reverted"  # a roll back found nothing to return it to, or the
+    # device had moved on to another assignment: it keeps what it has
 
 
 class GateStatus(enum.StrEnum):

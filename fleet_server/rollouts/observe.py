@@ -24,7 +24,7 @@ Decisions:
   else the new version's own (windows binned on another reference cannot be compared bin
   by bin and are left out): new = new-version windows of the assigned devices ending at or after
   the wave start; control = old-version windows of the control devices and of the
-  assigned devices ending at or after ``started - 24 h``. Counts are exact sums; PSI and
+  assigned devices ending at or after ``started - 6 h``. Counts are exact sums; PSI and
   JS of the output column(s) (the largest if several), the largest input-feature PSI and
   its name; ``predictions_*`` are the ``n`` sums of the windows compared. The profile
   comes from ``reference`` (default: read from the registry's table); without the new
@@ -59,7 +59,7 @@ from edgefleet.fleet_server.storage import Store
 log = logging.getLogger(__name__)
 
 #: How far before the rollout's start the assigned devices' old-version windows count.
-CONTROL_LOOKBACK_S = 24 * 3600.0
+CONTROL_LOOKBACK_S = 6 * 3600.0
 
 # agent/update/state.py UpdateState values (the wire form of update events).
 _IN_PROGRESS = frozenset({"downloading", "verifying", "staging", "warming", "switching"})
@@ -335,10 +335,14 @@ class _Drift:
     input_psi_feature: str | None = None
 
 
+#: At most this many windows per side, the newest: bounds a tick's work whatever the
+#: fleet size and window length (10,000 windows of 500 predictions are plenty for PSI).
+MAX_WINDOWS_PER_SIDE = 10_000
 _WINDOWS = (
     "SELECT id, \"end\", n FROM drift_windows"
     " WHERE model = ? AND device_id IN (SELECT value FROM json_each(?))"
     " AND \"end\" >= ? AND version = ?"
+    " ORDER BY \"end\" DESC LIMIT 10000"  # MAX_WINDOWS_PER_SIDE
 )
 _OTHER_VERSION_WINDOWS = _WINDOWS.replace("version = ?", "version != ?")
 _SUMMARIES = ("SELECT id, summary FROM drift_windows"
@@ -467,7 +471,7 @@ def _dominant_digest(db: Database, scope: RolloutScope) -> str | None:
 def _drift(db: Database, scope: RolloutScope, reference: ReferenceLookup,
            cache: WindowCountCache | None) -> _Drift:
     """New-version windows of the assigned devices since the wave started versus the
-    old-version windows of the control and assigned devices since ``started - 24 h``,
+    old-version windows of the control and assigned devices since ``started - 6 h``,
     both binned on the new version's reference profile (windows binned on another
     reference cannot be compared bin by bin and are left out)."""
     if not _has(db, "drift_windows"):

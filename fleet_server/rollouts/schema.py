@@ -3,8 +3,10 @@
 * ``rollouts``: one row per rollout: what moves where (model, version, bundle target,
   from-version), its ``spec`` (JSON: target selector, wave fractions, bake and extension
   times, failure policy, gate thresholds, shadow rate), the cumulative wave sizes
-  (``waves`` JSON), the current ``wave`` and when it started, ``status``, and the last
-  gate evaluation (``last_gates`` JSON) for the console.
+  (``waves`` JSON), the current ``wave``, when it was assigned (``wave_started_at``: what
+  counts as its evidence) and when its bake clock started (``bake_started_at``: a resume
+  restarts the clock, never the evidence), ``status``, and the last gate evaluation
+  (``last_gates`` JSON) for the console.
 * ``rollout_devices``: every device of a rollout in its fixed random ``position`` (waves
   take consecutive positions); ``wave`` is set when the device is assigned; ``assign``
   is the progress of the director assignment (``pending`` → ``assigning`` →
@@ -36,7 +38,8 @@ _V1 = [
     spec TEXT NOT NULL,
     waves TEXT NOT NULL,
     wave INTEGER NOT NULL,
-    wave_started_at REAL NOT NULL,
+    wave_started_at REAL NOT NULL,       -- when the current wave was assigned
+    bake_started_at REAL NOT NULL,       -- when its bake clock started (resume restarts it)
     started_at REAL NOT NULL,
     promoted INTEGER NOT NULL DEFAULT 0,
     seed TEXT NOT NULL,

@@ -98,11 +98,13 @@ def select_devices(db: Any, sel: TargetSelector, seed: str) -> list[str]:
 
 
 def busy_devices(db: Any, devices: Sequence[str]) -> list[str]:
-    """Which of ``devices`` are in an active rollout or a running A/B experiment."""
+    """Which of ``devices`` are in an active rollout or a running A/B experiment, or still
+    have a director assignment of an ended one to be signed."""
     listed = json.dumps(list(devices))
     rows = db.execute(
         "SELECT rd.device_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id"
-        " JOIN json_each(?) j ON j.value = rd.device_id WHERE r.status IN (?, ?)"
+        " JOIN json_each(?) j ON j.value = rd.device_id WHERE (r.status IN (?, ?)"
+        " OR rd.assign IN ('assigning', 'reverting', 'shadowing', 'unshadowing'))"
         " UNION SELECT ed.device_id FROM experiment_devices ed"
         " JOIN experiments e ON e.id = ed.experiment_id"
         " JOIN json_each(?) k ON k.value = ed.device_id WHERE e.status = 'running'",
@@ -181,9 +183,14 @@ class RolloutService:
                                  f"{record['stage']}; promote it to staging or production")
         target = target_name_for(spec.model, spec.version)
         repo = self._repository()
-        if target not in repo.targets():
+        listed = repo.targets()
+        if target not in listed:
             raise RolloutConflict(f"the image repository does not list {target}: "
                                   "publish the release first (edgefleet release publish)")
+        if spec.from_version and target_name_for(spec.model, spec.from_version) not in listed:
+            raise RolloutConflict(
+                f"the image repository does not list {spec.model} {spec.from_version}: a roll "
+                "back could not return devices to it; publish it or leave from_version out")
         with self.lock:
             devices = select_devices(self._store.db, spec.target,
                                      f"{spec.model}:{spec.version}")
@@ -206,7 +213,8 @@ class RolloutService:
                     "model": spec.model, "version": spec.version, "target": target,
                     "from_version": spec.from_version, "status": RolloutStatus.RUNNING.value,
                     "spec": json.dumps(spec.to_json()), "waves": json.dumps(list(waves)),
-                    "wave": 0, "wave_started_at": now, "started_at": now, "promoted": 0,
+                    "wave": 0, "wave_started_at": now, "bake_started_at": now,
+                    "started_at": now, "promoted": 0,
                     "seed": seed, "created_by": _actor_ref(actor), "created_at": _iso(now),
                     "updated_at": _iso(now),
                 }).last_pk)
@@ -292,7 +300,8 @@ class RolloutService:
         ticks = self._ticks.get(rollout_id, _Ticks())
         return {**self._summary(row), "spec": spec, "waves": wave_views,
                 "wave_started_at": row["wave_started_at"], "started_at": row["started_at"],
-                "bake_ends_at": row["wave_started_at"] + spec["bake_s"],
+                "bake_started_at": row["bake_started_at"],
+                "bake_ends_at": row["bake_started_at"] + spec["bake_s"],
                 "promoted": bool(row["promoted"]), "device_states": counts,
                 "gates": json.loads(row["last_gates"]) if row["last_gates"] else [],
                 "ticks": ticks.view()}
@@ -309,6 +318,8 @@ class RolloutService:
         for device_id, wave, assign in rows:
             if assign in ("reverting", "reverted"):
                 state = DeviceState.ROLLED_BACK
+            elif assign == "not_reverted":
+                state = DeviceState.NOT_REVERTED
             elif assign in ("pending", "shadowing", "shadow", "unshadowing"):
                 state = DeviceState.PENDING
             else:
@@ -381,8 +392,11 @@ class RolloutService:
         """Assign every touched device its previous bundle again and end the rollout."""
         with self.lock:
             row = self._row(rollout_id)
-            if row["status"] == RolloutStatus.ROLLED_BACK.value:
-                raise RolloutConflict(f"rollout {rollout_id} is already rolled back")
+            if row["status"] not in (*_ACTIVE, RolloutStatus.ABORTED.value):
+                # a completed rollout is undone by a new rollout, never behind the back of
+                # whatever rollout its devices joined since
+                raise RolloutConflict(f"rollout {rollout_id} is {row['status']}; only a "
+                                      "running, paused or aborted rollout can be rolled back")
             self._start_rollback(row, reason or "operator rolled the rollout back", [],
                                  actor)
             self._carry_out(rollout_id)
@@ -401,7 +415,8 @@ class RolloutService:
                 fields = {"status": status.value, "updated_at": _iso(now),
                           "last_action": action}
                 if restart_bake:
-                    fields |= {"wave_started_at": now, "promoted": 0}
+                    # the bake clock starts over; what the wave reported still counts
+                    fields |= {"bake_started_at": now, "promoted": 0}
                 if not status.active:
                     fields["finished_at"] = _iso(now)
                     self._end_shadow(db, rollout_id)
@@ -450,7 +465,7 @@ class RolloutService:
                                      window_cache=self._windows)
         state = RolloutState(
             status=RolloutStatus(row["status"]), waves=tuple(json.loads(row["waves"])),
-            wave=int(row["wave"]), wave_started_at=float(row["wave_started_at"]),
+            wave=int(row["wave"]), wave_started_at=float(row["bake_started_at"]),
             bake_s=spec.bake_s, max_extension_s=spec.max_extension_s,
             on_failure=spec.on_failure, promoted=bool(row["promoted"]),
             thresholds=spec.thresholds)
@@ -471,7 +486,9 @@ class RolloutService:
             assigned_devices=tuple(d for d, w, _ in rows if w is not None),
             control_devices=tuple(d for d, w, _ in rows if w is None),
             since=float(row["wave_started_at"]), started=float(row["started_at"]),
-            lost_after_s=spec.thresholds.lost_after_s, shadow=spec.shadow_rate is not None)
+            lost_after_s=spec.thresholds.lost_after_s,
+            # shadows run on the devices not yet assigned: none left, nothing to judge
+            shadow=spec.shadow_rate is not None and any(w is None for _, w, _ in rows))
 
     def _apply(self, row: Mapping[str, Any], decision: Decision, now: float) -> None:
         rollout_id, wave = int(row["id"]), int(row["wave"])
@@ -491,7 +508,8 @@ class RolloutService:
             if action is Action.ADVANCE:
                 assert decision.next_wave == wave + 1, decision
                 self._start_wave(db, row, wave + 1, now)
-                fields |= {"wave": wave + 1, "wave_started_at": now, "promoted": 0}
+                fields |= {"wave": wave + 1, "wave_started_at": now, "bake_started_at": now,
+                           "promoted": 0}
             elif action is Action.COMPLETE:
                 fields |= {"status": RolloutStatus.COMPLETED.value, "finished_at": _iso(now)}
                 self._end_shadow(db, rollout_id)
@@ -518,11 +536,10 @@ class RolloutService:
         devices = [r[0] for r in db.execute(
             "SELECT device_id FROM rollout_devices WHERE rollout_id = ? AND position >= ?"
             " AND position < ?", [row["id"], low, high]).fetchall()]
-        repo = self._repository()
+        # what they run now is read outside this transaction, just before signing
         db.conn.executemany(
-            "UPDATE rollout_devices SET wave = ?, assign = 'assigning', previous_target = ?"
-            " WHERE rollout_id = ? AND device_id = ?",
-            [(wave, self.assigned_target(repo, d), row["id"], d) for d in devices])
+            "UPDATE rollout_devices SET wave = ?, assign = 'assigning' WHERE rollout_id = ?"
+            " AND device_id = ?", [(wave, row["id"], d) for d in devices])
 
     def _start_rollback(self, row: Mapping[str, Any], reason: str,
                         gates: list[dict[str, Any]] | None, actor: Actor) -> None:
@@ -561,7 +578,13 @@ class RolloutService:
             from_target = target_name_for(row["model"], row["from_version"])
         done: list[tuple[str, float, str]] = []
         rate = spec.get("shadow_rate")
-        for device_id, assign, previous in todo:
+        self._record_previous(rollout_id, repo, row["target"],
+                              [d for d, a, p in todo if a == "assigning" and p is None])
+        previous_of: dict[str, str] = dict(db.execute(
+            "SELECT device_id, previous_target FROM rollout_devices WHERE rollout_id = ?"
+            " AND previous_target IS NOT NULL", [rollout_id]).fetchall())
+        for device_id, assign, _ in todo:
+            previous = previous_of.get(device_id, "")  # shadow rows always have one
             if assign == "assigning":
                 repo.assign(device_id, row["target"])
                 self.hint(device_id, row["model"], row["target"], row["version"],
@@ -580,21 +603,44 @@ class RolloutService:
                           _version_of(previous, row["model"]), rollout=rollout_id)
                 done.append(("pending", self._clock(), device_id))
             else:
-                back = previous or from_target
-                if back is not None and back in repo.targets():
+                back = previous or from_target  # "" is no previous
+                current = self.assigned_target(repo, device_id)
+                if current != row["target"]:
+                    # moved on since (another rollout, an operator): not ours to undo
+                    log.info("rollout %d: device %s now runs %s; not rolled back",
+                             rollout_id, device_id, current)
+                    done.append(("not_reverted", self._clock(), device_id))
+                elif back is not None and back in repo.targets():
                     repo.assign(device_id, back)
                     self.hint(device_id, row["model"], back, _version_of(back, row["model"]),
                               rollout=rollout_id)
+                    done.append(("reverted", self._clock(), device_id))
                 else:
-                    log.warning("rollout %d: device %s had no earlier assignment; it keeps "
-                                "%s", rollout_id, device_id, row["target"])
-                done.append(("reverted", self._clock(), device_id))
+                    log.warning("rollout %d: device %s had no earlier assignment and no "
+                                "from-version release; it keeps %s", rollout_id, device_id,
+                                row["target"])
+                    done.append(("not_reverted", self._clock(), device_id))
             if len(done) >= _ASSIGN_BATCH:
                 self._mark(rollout_id, done)
                 done = []
         self._mark(rollout_id, done)
         log.info("rollout %d: %d director assignment(s) signed (%s)", rollout_id, len(todo),
                  spec["model"])
+
+    def _record_previous(self, rollout_id: int, repo: Any, target: str,
+                         devices: Sequence[str]) -> None:
+        """Remember what ``devices`` run before they are signed the new ``target`` (one
+        short transaction; a device already on ``target`` was signed before a crash and
+        keeps no previous)."""
+        rows = []
+        for device_id in devices:
+            current = self.assigned_target(repo, device_id)
+            rows.append((None if current == target else current, rollout_id, device_id))
+        if rows:
+            with self._store.transaction() as db:
+                db.conn.executemany(
+                    "UPDATE rollout_devices SET previous_target = ? WHERE rollout_id = ?"
+                    " AND device_id = ? AND previous_target IS NULL", rows)
 
     def _mark(self, rollout_id: int, done: list[tuple[str, float, str]]) -> None:
         if not done:

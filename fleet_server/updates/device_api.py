@@ -132,11 +132,20 @@ def register_device_routes(bp: Blueprint, services: Services,
             raise _unavailable(e) from e
         return {"target": assigned.path if assigned is not None else None}
 
+    def _in_rollout(device_id: str) -> bool:
+        """A device a rollout or experiment drives is not assigned by hand (only when the
+        rollouts feature is installed: its tables exist)."""
+        if not services.store.db["rollout_devices"].exists():
+            return False
+        from edgefleet.fleet_server.rollouts.service import busy_devices
+
+        return bool(busy_devices(services.store.db, [device_id]))
+
     @route(bp, "/devices/<device_id>/assignment", ["PUT"], role=Role.OPERATOR,
            summary="Assign a released bundle to a device (director repository)",
            request_schema=ASSIGN_SCHEMA, tags=TAG,
            responses={200: "The assigned target", 404: "No such device or target",
-                      409: "The device is decommissioned",
+                      409: "The device is decommissioned, or in an active rollout",
                       503: "Repositories not initialised or director key missing"})
     def put_assignment(device_id: str) -> Any:
         name = _target_name(g.body)
@@ -146,6 +155,9 @@ def register_device_routes(bp: Blueprint, services: Services,
             raise ApiError(404, "not_found", f"no device {device_id!r}") from e
         if device["status"] != DeviceStatus.ACTIVE.value:
             raise ApiError(409, "device_not_active", f"device {device_id} is decommissioned")
+        if _in_rollout(device_id):
+            raise ApiError(409, "device_busy", f"device {device_id} is in an active rollout or "
+                           "experiment: pause, abort or stop it first")
         repo_ = repository()
         try:
             if name not in repo_.targets():

@@ -185,9 +185,11 @@ def test_failed_install_pauses_under_the_pause_policy(fleet: Fleet) -> None:
     entries, _ = fleet.services.audit.list(action="rollout.pause")
     assert entries[0]["actor"]["kind"] == "system"
     assert entries[0]["after"]["gates"]
-    # resume starts the wave's bake time over; the failure is still there: paused again
+    # resume starts the bake clock over, not the evidence: the failure still decides
     assert fleet.post(f"/rollouts/{rollout_id}/resume", {}).status_code == 200
-    assert fleet.tick()["status"] == "paused"
+    view = fleet.tick()
+    assert view["status"] == "paused"
+    assert {g["name"]: g for g in view["gates"]}["install_failure_rate"]["status"] == "fail"
 
 
 def test_failed_install_rolls_back_under_the_rollback_policy(fleet: Fleet) -> None:
@@ -293,7 +295,8 @@ def test_a_restarted_server_finishes_an_interrupted_wave(fleet: Fleet) -> None:
         fleet.report(device_id, "vision-1.1.tar")
     # simulate the crash: the ADVANCE transaction committed, signing never happened
     with store.transaction() as db:
-        db.execute("UPDATE rollouts SET wave = 1, wave_started_at = ? WHERE id = ?",
+        db.execute("UPDATE rollouts SET wave = 1, wave_started_at = ?1, bake_started_at = ?1"
+                   " WHERE id = ?2",
                    [time.time(), rollout_id])
         db.execute("UPDATE rollout_devices SET wave = 1, assign = 'assigning',"
                    " previous_target = 'vision-1.0.tar' WHERE rollout_id = ? AND wave IS NULL",
@@ -338,3 +341,64 @@ def test_shadow_mode_runs_the_candidate_beside_the_old_model_until_the_wave_come
     fleet.post(f"/rollouts/{rollout_id}/abort", {})
     assert {_shadow_of(fleet, d) for d in fleet.devices} == {None}
     assert _assigned(fleet, "vision-1.0.tar") == {d for d, w in waves.items() if w is None}
+
+
+def test_a_shadow_rollout_completes_once_no_device_is_left_to_shadow(fleet: Fleet) -> None:
+    gates = {**INSTALL_ONLY, "min_shadow_agreement": 0.9}
+    _create(fleet, shadow={"sample_rate": 0.5}, waves=[0.5, 1.0], gates=gates,
+            max_extension_s=3600)
+    for device_id in _assigned(fleet, "vision-1.1.tar"):
+        fleet.report(device_id, "vision-1.1.tar")
+    view = fleet.post(f"/rollouts/{fleet.tick()['id']}/promote", {}).json  # no shadow data:
+    assert view["wave"] == 1  # a promote lets "not enough data" pass
+    for device_id in _assigned(fleet, "vision-1.1.tar"):
+        fleet.report(device_id, "vision-1.1.tar")
+    view = fleet.tick()
+    assert view["status"] == "completed", view["gates"]
+    assert {g["name"]: g for g in view["gates"]}["shadow_agreement"]["status"] == "skipped"
+
+
+def test_a_finished_rollout_is_never_rolled_back_behind_a_newer_ones_back(
+        fleet: Fleet) -> None:
+    first = _create(fleet, waves=[1.0]).json["id"]
+    for device_id in fleet.devices:
+        fleet.report(device_id, "vision-1.1.tar")
+    assert fleet.tick()["status"] == "completed"
+    rv = fleet.post(f"/rollouts/{first}/rollback", {})
+    assert rv.status_code == 409
+    assert "only a running, paused or aborted" in rv.json["error"]["message"]
+
+
+def test_a_roll_back_leaves_devices_that_moved_on_alone(fleet: Fleet) -> None:
+    rollout_id = _create(fleet, waves=[0.1, 1.0], max_extension_s=3600).json["id"]
+    first = sorted(_assigned(fleet, "vision-1.1.tar"))
+    fleet.post(f"/rollouts/{rollout_id}/abort", {})
+    moved = first[0]
+    assert fleet.client.put(f"{API}/devices/{moved}/assignment",
+                            json={"target": "vision-1.0.tar"},
+                            headers=fleet.auth(Role.OPERATOR)).status_code == 200
+    fleet.repo.assign(moved, "vision-1.0.tar")
+    view = fleet.post(f"/rollouts/{rollout_id}/rollback", {}).json
+    assert view["device_states"]["not_reverted"] == 1
+    assert view["device_states"]["rolled_back"] == len(first) - 1
+
+
+def test_an_unpublished_from_version_is_refused(fleet: Fleet) -> None:
+    rv = _create(fleet, from_version="0.9")
+    assert rv.status_code == 409
+    assert "could not return devices" in rv.json["error"]["message"]
+
+
+def test_devices_in_a_rollout_are_not_assigned_by_hand(fleet: Fleet) -> None:
+    _create(fleet, max_extension_s=3600)
+    rv = fleet.client.put(f"{API}/devices/{fleet.devices[0]}/assignment",
+                          json={"target": "vision-1.0.tar"}, headers=fleet.auth(Role.OPERATOR))
+    assert rv.status_code == 409
+    assert rv.json["error"]["code"] == "device_busy"
+
+
+def test_non_ascii_digits_are_not_ids(fleet: Fleet) -> None:
+    rollout_id = _create(fleet).json["id"]
+    assert fleet.get("/rollouts/\u00b2").status_code == 404
+    assert fleet.get("/rollouts/\u0661").status_code == 404
+    assert fleet.get(f"/rollouts/{rollout_id}/devices?wave=\u00b2").status_code == 400
