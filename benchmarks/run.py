@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from benchmarks import daemon, drift, int8, overhead, telemetry, updates
+from benchmarks import daemon, drift, int8, overhead, rollouts, telemetry, updates
 from benchmarks.figures import Figure
 from benchmarks.settings import Settings
 
@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                ("(c) drift summaries", drift),
                                ("(d) over-the-air updates", updates),
                                ("(e) agent daemon", daemon),
-                               ("(f) telemetry and ingestion", telemetry)):
+                               ("(f) telemetry and ingestion", telemetry),
+                               ("(g) staged rollouts at fleet scale", rollouts)):
             print(f"\n{title}", flush=True)
             for figure in section.run(workdir, settings):
                 figures.append(figure)

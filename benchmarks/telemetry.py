@@ -14,7 +14,8 @@ Every broker is started here on a free loopback port: Mosquitto (``/usr/sbin/mos
 
   Load generator: ``PROCESSES`` child processes (``python -c`` subprocesses talking over
   stdin/stdout, so nothing depends on the caller's ``__main__``), each owning
-  its share of the device connections as raw MQTT 3.1.1 sockets (CONNECT with the device
+  its share of the device connections as raw MQTT 3.1.1 sockets, packets built with the
+  simulator's codec ``edgefleet.tools.simulate.mqtt`` (CONNECT with the device
   id as client id and username, pipelined QoS 1 PUBLISHes with valid envelopes, seq
   1..n, PUBACKs read back with ``selectors``). Raw sockets keep the generator cheap, so
   the 2 cores go to the broker and the ingestion. Connections are made before the clock
@@ -36,7 +37,6 @@ import os
 import selectors
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -56,6 +56,7 @@ from benchmarks.figures import Figure, Goal
 from benchmarks.settings import Settings
 from edgefleet.agent.telemetry import BrokerConfig, Channel, TelemetryClient
 from edgefleet.agent.telemetry.envelope import Envelope, device_filter, encode, topic
+from edgefleet.tools.simulate import mqtt
 
 logger = logging.getLogger(__name__)
 
@@ -216,30 +217,13 @@ def encode_body(body: dict[str, Any]) -> bytes:
 # -- (3, 4) simulated devices over raw MQTT sockets ----------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string(s: str) -> bytes:
-    raw = s.encode()
-    return struct.pack("!H", len(raw)) + raw
-
-
 def _connect_packet(client_id: str) -> bytes:
-    # MQTT 3.1.1, clean session + username + password flags, keepalive 300 s
-    body = (_string("MQTT") + bytes([4, 0x80 | 0x40 | 0x02]) + struct.pack("!H", 300)
-            + _string(client_id) + _string(client_id) + _string("bench"))
-    return b"\x10" + _varint(len(body)) + body
+    # MQTT 3.1.1, clean session + username + password, keepalive 300 s
+    return mqtt.connect(client_id, username=client_id, password="bench", keepalive_s=300)
 
 
 def _publish_packet(name: str, mid: int, payload: bytes) -> bytes:
-    body = _string(name) + struct.pack("!H", mid) + payload
-    return b"\x32" + _varint(len(body)) + body
+    return mqtt.publish(name, payload, qos=1, mid=mid)
 
 
 def _read_exact(sock: socket.socket, n: int) -> bytes:

@@ -36,6 +36,11 @@ FIGURES = [
     "telemetry.predictions-rate",
     "ingest.mosquitto",
     "ingest.embedded",
+    "rollouts.tick-p50",
+    "rollouts.tick-max",
+    "rollouts.whole",
+    "rollouts.server-rss",
+    "rollouts.ingest-rate",
 ]
 
 
