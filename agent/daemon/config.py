@@ -179,12 +179,13 @@ def _federated(r: _Reader, names: list[str]) -> FederatedConfig:
         r.fail("holdout_fraction", f"must be in (0, 1), got {config.holdout_fraction}")
     if config.max_examples < config.min_examples:
         r.fail("max_examples", f"must be >= min_examples ({config.min_examples})")
-    if config.enabled:
+    # Neither superlink nor ca_cert: the agent joins the fleet server's federation.
+    if config.enabled and (config.superlink or config.ca_cert is not None):
         host, sep, port = config.superlink.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             r.fail("superlink", f"must be 'HOST:PORT' when enabled, got {config.superlink!r}")
         if config.ca_cert is None:
-            r.fail("ca_cert", "is required when enabled (the SuperLink must use TLS)")
+            r.fail("ca_cert", "is required with superlink (the SuperLink must use TLS)")
         if config.model not in names:
             r.fail("model", f"must name a configured model when enabled, got {config.model!r}")
     return config

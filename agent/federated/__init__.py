@@ -6,6 +6,8 @@
   ``.npz`` the ClientApp reads (``x``, ``y``), atomically, newest first, bounded.
 * :mod:`.eligibility`: pure decisions: may the node run now, how long to back off.
 * :mod:`.nodekey`: the SuperNode's authentication key (EC P-384, OpenSSH), made once.
+* :mod:`.join`: registers that key with the fleet server (signed ``POST
+  /device/fl-node``) and learns the SuperLink address and CA certificate.
 * :mod:`.supervisor`: :class:`~.supervisor.SuperNodeSupervisor` runs ``flower-supernode``
   while the device is eligible, restarts it with backoff, stops it cleanly.
 
@@ -17,12 +19,18 @@ daemon imports it only when ``[federated] enabled = true``. See docs/agent-feder
 from __future__ import annotations
 
 from edgefleet.agent.federated.config import FederatedConfig, SupervisorPolicy
-from edgefleet.agent.federated.errors import DatasetError, FederatedError, NodeKeyError
+from edgefleet.agent.federated.errors import (
+    DatasetError,
+    FederatedError,
+    JoinError,
+    NodeKeyError,
+)
 
 __all__ = [
     "DatasetError",
     "FederatedConfig",
     "FederatedError",
+    "JoinError",
     "NodeKeyError",
     "SupervisorPolicy",
 ]

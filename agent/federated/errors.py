@@ -13,3 +13,7 @@ class NodeKeyError(FederatedError):
 
 class DatasetError(FederatedError):
     """The training dataset cannot be exported (feedback store or disk failure)."""
+
+
+class JoinError(FederatedError):
+    """The fleet server did not register the SuperNode key (or gave an unusable answer)."""

@@ -15,6 +15,12 @@ own restarts: its own process group, output appended to ``logs/supernode.log``, 
 with SIGTERM to the group and SIGKILL after a grace period. Its pid is recorded, so a
 child left behind by a daemon that was killed is ended on the next start.
 
+Where the SuperLink is: the ``[federated]`` table's ``superlink`` and ``ca_cert`` when
+given; otherwise the device joins the fleet server's federation (:mod:`.join`) before each
+start of the child: its node key is registered through the signed ``POST
+/device/fl-node`` and the answer gives the SuperLink address and CA certificate. A failed
+join is a failed start (backoff, the reason in the status).
+
 States and the only function that changes them (:meth:`SuperNodeSupervisor._set`):
 ``off`` → ``ineligible`` ⇄ ``running`` → ``backoff`` → ``running`` … → ``off`` on stop.
 """
@@ -38,6 +44,7 @@ from edgefleet.agent.federated.config import FederatedConfig, SupervisorPolicy
 from edgefleet.agent.federated.dataset import DatasetStats, export_dataset
 from edgefleet.agent.federated.eligibility import State, backoff_s, decide
 from edgefleet.agent.federated.errors import DatasetError, FederatedError
+from edgefleet.agent.federated.join import JoinInfo, join_federation
 from edgefleet.agent.federated.nodekey import ensure_node_key
 from edgefleet.federated.flower.errors import FlowerRuntimeError
 from edgefleet.federated.flower.processes import (
@@ -59,6 +66,8 @@ MAX_LOG_BYTES = 4 * 1024 * 1024  # beyond this the log is rotated to .1 before a
 _NODE_ID_RE = re.compile(r"SuperNode ID: (\d+)")
 
 CommandFactory = Callable[[], list[str]]
+#: Registers the node's public key (PEM) with the fleet server; where to join.
+Joiner = Callable[[bytes], JoinInfo]
 
 
 def system_load_per_cpu() -> float:
@@ -79,6 +88,10 @@ class SuperNodeSupervisor:
         load_per_cpu: the busy signal (default: :func:`system_load_per_cpu`).
         env: the child's environment (default: ``flower_env``).
         clock: monotonic seconds; rng: jitter source.
+        joiner: used when the config names no SuperLink (default: :func:`.join.
+            join_federation` with the enrollment in ``state_dir``).
+        state_dir: the agent's state dir (enrollment); default: ``work_dir``'s parent
+            (the daemon's ``work_dir`` is ``<state_dir>/federated``).
     """
 
     def __init__(self, config: FederatedConfig, *, store: FeedbackStore, work_dir: Path,
@@ -87,7 +100,9 @@ class SuperNodeSupervisor:
                  load_per_cpu: Callable[[], float] = system_load_per_cpu,
                  env: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 joiner: Joiner | None = None,
+                 state_dir: Path | None = None) -> None:
         self.config = config
         self.store = store
         self.work_dir = work_dir
@@ -100,6 +115,10 @@ class SuperNodeSupervisor:
         self._env = dict(env) if env is not None else flower_env(work_dir / "flwr-home")
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 (backoff jitter, not crypto)
+        enrolled_in = state_dir or work_dir.parent
+        self._join: Joiner = joiner or (
+            lambda pem: join_federation(enrolled_in, pem, work_dir))
+        self.joined: JoinInfo | None = None  # the last join answer (join mode only)
         self._status: tuple[State, str] = (State.OFF, "not started")
         self.restarts = 0  # children started after one died
         self.dataset: DatasetStats | None = None
@@ -206,11 +225,20 @@ class SuperNodeSupervisor:
     # -- the child ---------------------------------------------------------------------
 
     def flower_command(self) -> list[str]:
-        """argv of ``flower-supernode``: TLS, node authentication, node config."""
-        if self.config.ca_cert is None or not self.config.superlink:
-            raise FederatedError("[federated] superlink and ca_cert are required")
+        """argv of ``flower-supernode``: TLS, node authentication, node config.
+
+        Without ``superlink`` / ``ca_cert`` in the config the device joins first.
+
+        Raises:
+            JoinError: the fleet server did not register the key.
+        """
         if self.node_key is None:
             self.node_key = ensure_node_key(self.node_key_path)
+        if self.config.superlink and self.config.ca_cert is not None:
+            superlink, ca_cert = self.config.superlink, self.config.ca_cert
+        else:
+            self.joined = self._join(self.node_key.public_key_pem)
+            superlink, ca_cert = self.joined.superlink, self.joined.ca_cert
         node_config: dict[str, bool | int | float | str] = {
             "data-path": str(self.dataset_path),
             "min-examples": self.config.min_examples,
@@ -219,10 +247,10 @@ class SuperNodeSupervisor:
         }
         return [
             flower_executable("flower-supernode"),
-            "--superlink", self.config.superlink,
+            "--superlink", superlink,
             "--port", str(free_port()),  # the node's local Runtime API (loopback)
             "--node-config", format_node_config(node_config),
-            "--root-certificates", str(self.config.ca_cert),
+            "--root-certificates", str(ca_cert),
             "--auth-supernode-private-key", str(self.node_key.private_key),
         ]
 

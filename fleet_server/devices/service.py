@@ -245,7 +245,8 @@ def device_service(services: Services) -> DeviceService:
     """The app's DeviceService, created once and kept in ``services.extras["devices"]``.
 
     Decommissioning through it calls ``services.broker.disconnect(device_id)`` on whatever
-    broker control ``services.broker`` holds at that moment.
+    broker control ``services.broker`` holds at that moment, then every listener in
+    ``services.extras[DECOMMISSION_LISTENERS_KEY]``.
     """
     existing = services.extras.get("devices")
     if isinstance(existing, DeviceService):

@@ -42,10 +42,16 @@ def test_federated_is_off_by_default_and_parses_every_key(tmp_path: Path) -> Non
         max_examples=500, holdout_fraction=0.25, max_load_per_cpu=0.0, refresh_s=60.0)
 
 
+def test_enabled_without_superlink_joins_the_fleet_servers_federation(
+        tmp_path: Path) -> None:
+    config = parse(tmp_path, {"enabled": True}).federated
+    assert config.enabled and config.superlink == "" and config.ca_cert is None
+
+
 @pytest.mark.parametrize(("table", "models", "message"), [
     ({"enabled": True, "ca_cert": "ca.pem"}, 1, "federated.superlink: must be 'HOST:PORT'"),
     ({**ENABLED, "superlink": "nohost"}, 1, "federated.superlink"),
-    ({**ENABLED, "ca_cert": None}, 1, "federated.ca_cert: is required when enabled"),
+    ({**ENABLED, "ca_cert": None}, 1, "federated.ca_cert: is required with superlink"),
     (ENABLED, 2, "federated.model: must name a configured model"),
     ({**ENABLED, "model": "nope"}, 1, "federated.model"),
     ({"holdout_fraction": 1.0}, 1, "federated.holdout_fraction: must be in (0, 1)"),
