@@ -26,6 +26,7 @@ from flwr.proto.control_pb2 import (
     RegisterNodeRequest,
     StartRunRequest,
     StopRunRequest,
+    UnregisterNodeRequest,
 )
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.error import FlowerError
@@ -181,6 +182,17 @@ class ControlClient:
             lambda: self._client.RegisterNode(RegisterNodeRequest(public_key=public_key)),
         )
         return int(response.node_id)
+
+    def unregister_node(self, node_id: int) -> None:
+        """Unregister a SuperNode: it can no longer activate. Flower keeps listing it (as
+        ``unregistered``) and never accepts its public key again.
+
+        Raises:
+            RunError: the node is unknown or already unregistered, or the Control API
+                cannot be reached ("unreachable" in the message).
+        """
+        self._call("UnregisterNode",
+                   lambda: self._client.UnregisterNode(UnregisterNodeRequest(node_id=node_id)))
 
     def _call(self, name: str, fn: Callable[[], _T]) -> _T:
         try:

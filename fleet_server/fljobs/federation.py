@@ -187,16 +187,11 @@ def unregister_node(federation: Any, node_id: int) -> bool:
     Raises:
         FederationUnavailable: the Control API cannot be reached.
     """
-    from flwr.proto.control_pb2 import UnregisterNodeRequest
-
     from edgefleet.federated.flower.errors import RunError
 
-    request = UnregisterNodeRequest(node_id=node_id)
     with federation.superlink.control() as control:
         try:
-            # ControlClient has no unregister_node yet: Flower's own HTTP client, through
-            # the wrapper's error mapping.
-            control._call("UnregisterNode", lambda: control._client.UnregisterNode(request))
+            control.unregister_node(node_id)
         except RunError as e:
             if "unreachable" in str(e):
                 raise FederationUnavailable(str(e)) from e
