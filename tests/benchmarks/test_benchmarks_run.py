@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 FIGURES = [
@@ -44,10 +46,11 @@ FIGURES = [
 ]
 
 
+@pytest.mark.timeout(900)  # every section, real servers and brokers: minutes on 2 cores
 def test_quick_run_prints_every_figure() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+        cwd=ROOT, capture_output=True, text=True, timeout=840, check=False,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
