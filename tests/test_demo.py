@@ -13,7 +13,7 @@ import pytest
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "edgefleet.tools.cli", "demo", "--workdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=280, check=False,
+        capture_output=True, text=True, timeout=480, check=False,
     )
     out = proc.stdout
     assert proc.returncode == 0, f"{out[-3000:]}\n{proc.stderr[-3000:]}"
@@ -32,6 +32,23 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "$ edgefleet release publish",
         "switching -> committed [digits-1.1.0.tar]",
         ": committed (digits-1.1.0.tar)",
+        # a fleet of agent daemons, their telemetry through the embedded broker
+        "$ edgefleet model quantize",
+        "$ edgefleet agent run --config",
+        "): heartbeat over MQTT, serving digits 1.2.0",
+        # a good release goes canary -> everyone
+        "$ edgefleet rollout create --model digits --version 1.3.0",
+        "digits 1.2.0 -> 1.3.0 [completed]",
+        "advance",
+        "scanner-3: serving digits 1.3.0",
+        # shifted outputs: stopped at the canary by the output-drift gate, rolled back
+        "--on-failure rollback",
+        "digits 1.3.0 -> 1.4.0 [rolled_back]",
+        "failed gate output_psi",
+        "(the canary) is back on digits 1.3.0",
+        "rollout.rollback",
+        "scanner-3: exit code 0",
+        "digits classified); 0 failed",
         "Demo finished",
     ]:
         assert expected in out, f"missing {expected!r} in demo output:\n{out[-4000:]}"
@@ -40,3 +57,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     # The work folder holds what a user would look at afterwards.
     assert (tmp_path / "models" / "digits.int8.onnx").is_file()
     assert (tmp_path / "device-1" / "enrollment.json").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "scanner-1" / "agent.toml").is_file()
+    # Every process the demo started is gone: each agent logged its clean shutdown.
+    for i in (1, 2, 3):
+        assert "stopping on SIGTERM" in (tmp_path / f"scanner-{i}" / "agent.log").read_text()

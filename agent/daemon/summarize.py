@@ -163,11 +163,13 @@ def _row_matrix(inputs: dict[str, Any], names: Sequence[str]) -> np.ndarray:
 
 
 def drift_event(window: ClosedWindow) -> dict[str, Any] | None:
-    """The ``events`` body announcing an alarm change, or None when nothing changed."""
+    """The ``events`` body announcing an alarm change, or None when nothing changed: the
+    contract's ``{"events": [{"kind", "ts", ...}]}`` with one ``drift_alarm`` event."""
     v = window.verdict
     if v is None or not v.changed:
         return None
-    return {"type": "drift_alarm", "model": window.model, "version": window.version,
-            "alarm": v.alarm, "status": v.report.status.name.lower(),
-            "columns": [c.name for c in v.report.columns if c.over],
-            "start": window.summary.start_ts, "end": window.summary.end_ts}
+    return {"events": [{
+        "kind": "drift_alarm", "ts": window.summary.end_ts, "model": window.model,
+        "version": window.version, "alarm": v.alarm, "status": v.report.status.name.lower(),
+        "columns": [c.name for c in v.report.columns if c.over],
+        "start": window.summary.start_ts, "end": window.summary.end_ts}]}

@@ -66,8 +66,8 @@ def test_predictions_drift_and_heartbeats_reach_the_broker(
         daemon.predlog.close_window()
 
         def alarms() -> list[dict]:
-            return [e.body for e in collector.unique(device, Channel.EVENTS).values()
-                    if e.body.get("type") == "drift_alarm"]
+            return [event for e in collector.unique(device, Channel.EVENTS).values()
+                    for event in e.body["events"] if event["kind"] == "drift_alarm"]
 
         wait_until(lambda: len(alarms()) > 0, 30, "a drift alarm event")
         alarm = alarms()[0]
