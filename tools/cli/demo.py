@@ -18,8 +18,10 @@ import click
               help="Embedded MQTT broker port (default: a free one).")
 def demo_command(workdir: Path | None, keep_running: bool, http_port: int | None,
                  mqtt_port: int | None) -> None:
-    """Run the demo: train, inspect, quantize, bench and predict a model, then start a
-    fleet server, enroll a device and take the model from upload to production.
+    """Run the demo: train, quantize, bench and predict a model; start a fleet server with
+    its embedded broker, release a signed update to an enrolled device, then run three
+    agent daemons under live traffic through a staged rollout and a rollout that the
+    output-drift gate stops and rolls back.
     """
     from edgefleet.tools.demo import DemoError, DemoOptions, run_demo
 
