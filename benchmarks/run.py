@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from benchmarks import daemon, drift, int8, overhead, rollouts, telemetry, updates
+from benchmarks import daemon, drift, federated, int8, overhead, rollouts, telemetry, updates
 from benchmarks.figures import Figure
 from benchmarks.settings import Settings
 
@@ -50,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                ("(d) over-the-air updates", updates),
                                ("(e) agent daemon", daemon),
                                ("(f) telemetry and ingestion", telemetry),
-                               ("(g) staged rollouts at fleet scale", rollouts)):
+                               ("(g) staged rollouts at fleet scale", rollouts),
+                               ("(h) federated rounds: fleet-server job versus bare Flower",
+                                federated)):
             print(f"\n{title}", flush=True)
             for figure in section.run(workdir, settings):
                 figures.append(figure)

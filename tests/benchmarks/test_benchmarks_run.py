@@ -43,6 +43,7 @@ FIGURES = [
     "rollouts.whole",
     "rollouts.server-rss",
     "rollouts.ingest-rate",
+    "federated.round-ratio",
 ]
 
 
