@@ -33,7 +33,6 @@ from edgefleet.fleet_server.rollouts.errors import (
 )
 from edgefleet.fleet_server.rollouts.observe import output_counts
 from edgefleet.fleet_server.rollouts.service import (
-    Publish,
     RolloutService,
     busy_devices,
     select_devices,
@@ -93,33 +92,13 @@ class ExperimentService:
     """Creates, stops and evaluates A/B experiments (shares the rollouts' lock and store)."""
 
     def __init__(self, rollouts: RolloutService, store: Store, audit: Any, *,
-                 repository: Callable[[], Any], registry: Callable[[], Any],
-                 publish: Callable[[], Publish | None],
+                 repository: Callable[[], Any],
                  clock: Callable[[], float] = time.time) -> None:
         self._rollouts = rollouts
         self._store = store
         self._audit = audit
         self._repository = repository
-        self._registry = registry
-        self._publish = publish
         self._clock = clock
-
-    def _target(self, model: str, version: str) -> str:
-        from edgefleet.fleet_server.registry.errors import NotFoundError
-        from edgefleet.fleet_server.updates.publish import target_name_for
-
-        try:
-            record = self._registry().get_version(model, version)
-        except NotFoundError as e:
-            raise RolloutInvalid(f"no registered version {model}@{version}") from e
-        if record["stage"] not in ("staging", "production"):
-            raise RolloutInvalid(f"{model}@{version} is in stage {record['stage']}; "
-                                 "promote it to staging or production")
-        target = target_name_for(model, version)
-        if target not in self._repository().targets():
-            raise RolloutConflict(f"the image repository does not list {target}: publish "
-                                  "the release first (edgefleet release publish)")
-        return target
 
     def create(self, body: Mapping[str, Any], actor: Actor) -> dict[str, Any]:
         """Split the target devices into arms and assign each arm its version.
@@ -131,7 +110,8 @@ class ExperimentService:
         model, a, b = body["model"], body["a"], body["b"]
         if a == b:
             raise RolloutInvalid("arms A and B must run different versions")
-        targets = {"a": self._target(model, a), "b": self._target(model, b)}
+        targets = {"a": self._rollouts.release_target(model, a),
+                   "b": self._rollouts.release_target(model, b)}
         seed = f"ab:{model}:{a}:{b}:{self._clock()!r}"
         settings = {"share_a": float(body.get("share_a", 0.5)),
                     "min_samples": int(body.get("min_samples", 100)),
@@ -321,14 +301,11 @@ def experiment_service(services: Any) -> ExperimentService:
     cached = services.extras.get(EXTRAS_KEY)
     if isinstance(cached, ExperimentService):
         return cached
-    from edgefleet.fleet_server.registry.api import registry_service
-    from edgefleet.fleet_server.rollouts.service import PUBLISH_KEY, rollout_service
+    from edgefleet.fleet_server.rollouts.service import rollout_service
     from edgefleet.fleet_server.updates import updates_repository
 
     service = ExperimentService(
         rollout_service(services), services.store, services.audit,
-        repository=lambda: updates_repository(services),
-        registry=lambda: registry_service(services),
-        publish=lambda: services.extras.get(PUBLISH_KEY))
+        repository=lambda: updates_repository(services))
     services.extras[EXTRAS_KEY] = service
     return service

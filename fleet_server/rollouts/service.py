@@ -163,6 +163,29 @@ class RolloutService:
 
     # -- create ---------------------------------------------------------------------
 
+    def release_target(self, model: str, version: str) -> str:
+        """The bundle (TUF target) of a version that may go to devices.
+
+        Raises:
+            RolloutInvalid: the version is not registered, or not in staging/production.
+            RolloutConflict: its release is not published to the image repository.
+        """
+        from edgefleet.fleet_server.registry.errors import NotFoundError
+        from edgefleet.fleet_server.updates.publish import target_name_for
+
+        try:
+            record = self._registry().get_version(model, version)
+        except NotFoundError as e:
+            raise RolloutInvalid(f"no registered version {model}@{version}") from e
+        if record["stage"] not in ("staging", "production"):
+            raise RolloutInvalid(f"{model}@{version} is in stage {record['stage']}; "
+                                 "promote it to staging or production")
+        target = target_name_for(model, version)
+        if target not in self._repository().targets():
+            raise RolloutConflict(f"the image repository does not list {target}: "
+                                  "publish the release first (edgefleet release publish)")
+        return target
+
     def create(self, spec: RolloutSpec, actor: Actor) -> dict[str, Any]:
         """Start a rollout: pick its devices, size its waves, assign the first wave.
 
@@ -171,23 +194,12 @@ class RolloutService:
             RolloutConflict: the release is not published, or a device is already in an
                 active rollout.
         """
-        from edgefleet.fleet_server.registry.errors import NotFoundError
         from edgefleet.fleet_server.updates.publish import target_name_for
 
-        try:
-            record = self._registry().get_version(spec.model, spec.version)
-        except NotFoundError as e:
-            raise RolloutInvalid(f"no registered version {spec.model}@{spec.version}") from e
-        if record["stage"] not in ("staging", "production"):
-            raise RolloutInvalid(f"{spec.model}@{spec.version} is in stage "
-                                 f"{record['stage']}; promote it to staging or production")
-        target = target_name_for(spec.model, spec.version)
+        target = self.release_target(spec.model, spec.version)
         repo = self._repository()
-        listed = repo.targets()
-        if target not in listed:
-            raise RolloutConflict(f"the image repository does not list {target}: "
-                                  "publish the release first (edgefleet release publish)")
-        if spec.from_version and target_name_for(spec.model, spec.from_version) not in listed:
+        if spec.from_version and target_name_for(spec.model, spec.from_version) \
+                not in repo.targets():
             raise RolloutConflict(
                 f"the image repository does not list {spec.model} {spec.from_version}: a roll "
                 "back could not return devices to it; publish it or leave from_version out")
