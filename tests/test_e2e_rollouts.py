@@ -37,8 +37,11 @@ from tests.fleet_server.test_server_process import CLI, ServerProcess, _env
 WAIT_S = 90.0
 N_DEVICES = 5
 FEATURES = 8
+# The latency gate is off: the p95 of a sub-millisecond model call on a shared 2-core
+# machine is scheduling noise (the gate's arithmetic is covered by the policy and
+# observer tests). Nobody sends labels, so the accuracy gate is off too.
 GATES = {"min_predictions": 150, "max_output_psi": 0.25, "max_output_js": 0.1,
-         "max_input_psi": 0.25, "max_latency_p95_ratio": 4.0, "max_accuracy_drop": None,
+         "max_input_psi": 0.25, "max_latency_p95_ratio": None, "max_accuracy_drop": None,
          "min_shadow_agreement": None, "lost_after_s": 60}
 
 

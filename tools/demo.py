@@ -43,11 +43,11 @@ FLEET_GROUP = "scanners"
 FLEET_SIZE = 3
 # Gate thresholds of the demo's rollouts (the others keep the server's defaults). Nobody
 # sends labels back in the demo, so the accuracy gate is off; on a shared 2-core machine
-# the p95 of a 0.1 ms model call is scheduling noise (10-90 ms seen, one device against
-# the others' median), so the latency ratio may reach 6; a device is lost after 60 s.
+# the p95 of a 0.1 ms model call is scheduling noise (ratios of 7 seen between one device
+# and the others' median), so the latency gate is off too; a device is lost after 60 s.
 # 400 predictions per side keep the PSI of two samples of the same data (the largest of
 # 64 input features) near 0.07, well below the 0.25 limit; 150 gave 0.15.
-ROLLOUT_GATES: dict[str, Any] = {"min_predictions": 400, "max_latency_p95_ratio": 6.0,
+ROLLOUT_GATES: dict[str, Any] = {"min_predictions": 400, "max_latency_p95_ratio": None,
                                  "max_accuracy_drop": None, "lost_after_s": 60}
 HEARTBEAT_TIMEOUT_S = 90.0
 LOAD_BATCH = 32  # digits per request of the load generator
@@ -648,8 +648,8 @@ def _stop_agents(demo: _Demo, fleet: _Fleet) -> None:
 
 def _rollout_steps(demo: _Demo, fleet: _Fleet, releases: _FleetReleases) -> None:
     base, good, bad = releases.base, releases.good, releases.bad
-    demo.step("Roll out a new release in waves: canary first, gates on install, latency "
-              "and output drift")
+    demo.step("Roll out a new release in waves: canary first, gates on install health and "
+              "output drift")
     rollout_id = _create_rollout(demo, good, base, on_failure="pause")
     view = _watch_rollout(demo, rollout_id)
     demo.cli("rollout", "show", str(rollout_id), "--decisions", env=demo.cli_env)

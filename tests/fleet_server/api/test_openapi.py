@@ -79,6 +79,7 @@ def test_public_operations_are_few_and_known(env: Env) -> None:
         ("GET", "/api/v1/repo/director/{device_id}/metadata/{filename}"),
         # device routes authenticate each request by the device's Ed25519 signature
         ("POST", "/api/v1/device/events"), ("GET", "/api/v1/device/assignment"),
+        ("POST", "/api/v1/device/fl-node"),
     }
 
 
