@@ -47,11 +47,10 @@ import numpy as np
 
 from benchmarks.figures import Figure, Goal
 from benchmarks.settings import Settings
+from edgefleet.tools.modelgen.digits import NODE_CLASS_GROUPS, NodeShards, non_iid_shards
 
 RATIO_GOAL = 1.2
-N_NODES = 3
-CLASS_GROUPS = ((0, 1, 2, 3), (4, 5, 6), (7, 8, 9))  # node i holds mostly these classes
-OWN_SHARE = 0.85
+N_NODES = len(NODE_CLASS_GROUPS)  # node i holds mostly the classes of group i (0.85)
 ROUNDS, ROUNDS_QUICK = 3, 1
 POLL_S = 0.2
 RSS_PERIOD_S = 0.2
@@ -62,38 +61,6 @@ API = "/api/v1"
 
 def _quick(settings: Settings) -> bool:
     return settings.heavy_iterations < Settings().heavy_iterations
-
-
-# -- data -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shards:
-    """sklearn digits: per-node non-IID training shards and a central hold-out set."""
-
-    node_x: list[np.ndarray]
-    node_y: list[np.ndarray]
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
-def split_digits(seed: int = 0) -> Shards:
-    """Each node gets OWN_SHARE of its examples from its class group (the tests' split)."""
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
-    n_test = len(y) // 5
-    test, pool = order[:n_test], order[n_test:]
-    owner = np.empty(len(pool), dtype=np.int64)
-    for i, label in enumerate(y[pool]):
-        home = next(g for g, classes in enumerate(CLASS_GROUPS) if label in classes)
-        others = [g for g in range(N_NODES) if g != home]
-        owner[i] = home if rng.random() < OWN_SHARE else rng.choice(others)
-    return Shards([x[pool[owner == g]] for g in range(N_NODES)],
-                  [y[pool[owner == g]] for g in range(N_NODES)], x[test], y[test])
 
 
 # -- device memory ----------------------------------------------------------------------
@@ -190,7 +157,7 @@ class Bench:
     app: Any
     services: Any
     work: Path
-    shards: Shards
+    shards: NodeShards
     holdout: Path
     tokens: dict[str, str]
     nodes: dict[str, Any] = field(default_factory=dict)
@@ -244,7 +211,7 @@ def _fleet(work: Path) -> Iterator[Bench]:
     app = create_app(load_config(data_dir, env={}, session_cookie_secure=False))
     services = app.extensions["edgefleet"]
     services.extras[AUTORUN_KEY] = True
-    shards = split_digits()
+    shards = non_iid_shards()  # the same split the tests use
     holdout = work / "holdout.npz"
     np.savez(holdout, x=shards.x_test, y=shards.y_test)
     tokens = {}

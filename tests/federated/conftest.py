@@ -22,10 +22,11 @@ from edgefleet.federated.flower.processes import (
     SuperNode,
 )
 from edgefleet.federated.flower.tls import make_node_key
+from edgefleet.tools.modelgen.digits import NODE_CLASS_GROUPS, non_iid_shards
 
 N_NODES = 3
 # Node i holds mostly the classes in CLASS_GROUPS[i] (non-IID, as on real devices).
-CLASS_GROUPS = ((0, 1, 2, 3), (4, 5, 6), (7, 8, 9))
+CLASS_GROUPS = NODE_CLASS_GROUPS
 OWN_SHARE = 0.85
 
 
@@ -53,29 +54,9 @@ class FlowerSetup:
 
 def split_digits(seed: int = 0) -> DigitsSplit:
     """Non-IID shards: each node gets OWN_SHARE of its examples from its class group."""
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(y))
-    n_test = len(y) // 5
-    test, pool = order[:n_test], order[n_test:]
-    owner = np.empty(len(pool), dtype=np.int64)
-    for i, label in enumerate(y[pool]):
-        home = next(g for g, classes in enumerate(CLASS_GROUPS) if label in classes)
-        if rng.random() < OWN_SHARE:
-            owner[i] = home
-        else:
-            owner[i] = rng.choice([g for g in range(N_NODES) if g != home])
-    return DigitsSplit(
-        node_x=[x[pool[owner == g]] for g in range(N_NODES)],
-        node_y=[y[pool[owner == g]] for g in range(N_NODES)],
-        x_test=x[test],
-        y_test=y[test],
-        n_features=x.shape[1],
-        n_classes=10,
-    )
+    shards = non_iid_shards(seed, own_share=OWN_SHARE, class_groups=CLASS_GROUPS)
+    return DigitsSplit(node_x=shards.node_x, node_y=shards.node_y, x_test=shards.x_test,
+                       y_test=shards.y_test, n_features=shards.x_test.shape[1], n_classes=10)
 
 
 @pytest.fixture(scope="module")

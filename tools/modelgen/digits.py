@@ -174,3 +174,43 @@ def build_digits_models(out_dir: Path, seed: int = 0,
     log.info("digits models in %s: mlp accuracy %.3f, logreg accuracy %.3f",
              out_dir, artifacts.mlp_accuracy, artifacts.logreg_accuracy)
     return artifacts
+
+
+#: Node i of a simulated federation holds mostly the classes of group i (non-IID, as on
+#: real devices, where each sees its own mix of inputs).
+NODE_CLASS_GROUPS: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3), (4, 5, 6), (7, 8, 9))
+
+
+@dataclass(frozen=True)
+class NodeShards:
+    """The digits set as per-node training shards plus a central test set."""
+
+    node_x: list[np.ndarray]
+    node_y: list[np.ndarray]
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def non_iid_shards(seed: int = 0, *, own_share: float = 0.85,
+                   class_groups: tuple[tuple[int, ...], ...] = NODE_CLASS_GROUPS
+                   ) -> NodeShards:
+    """One shard per class group: each node gets ``own_share`` of its examples from its
+    group and the rest from the others; a fifth of the set is the central test set."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    n_test = len(y) // 5
+    test, pool = order[:n_test], order[n_test:]
+    n_nodes = len(class_groups)
+    owner = np.empty(len(pool), dtype=np.int64)
+    for i, label in enumerate(y[pool]):
+        home = next(g for g, classes in enumerate(class_groups) if label in classes)
+        if rng.random() < own_share:
+            owner[i] = home
+        else:
+            owner[i] = rng.choice([g for g in range(n_nodes) if g != home])
+    return NodeShards([x[pool[owner == g]] for g in range(n_nodes)],
+                      [y[pool[owner == g]] for g in range(n_nodes)], x[test], y[test])
