@@ -62,14 +62,32 @@ def load_reference(path: Path) -> ReferenceProfile:
 
 class _ModelDrift:
     def __init__(self, name: str, reference: ReferenceProfile, input_names: Sequence[str],
-                 output_name: str) -> None:
+                 output_names: Sequence[str]) -> None:
         self.name = name
         self.reference = reference
         self.input_names = tuple(input_names)
-        self.output_name = output_name
+        self.output_names = tuple(output_names)  # concatenated per row, in this order
         self.builders: dict[str, SummaryBuilder] = {}
         self.detectors: dict[str, DriftDetector] = {}
         self.disabled = False
+
+
+def _profiled_outputs(reference: ReferenceProfile) -> tuple[str, ...]:
+    """The output tensors the profile's output columns (``name`` / ``name[i]``) come from,
+    in column order."""
+    names: list[str] = []
+    for column in reference.outputs:
+        tensor = column.name.split("[", 1)[0]
+        if not names or names[-1] != tensor:
+            names.append(tensor)
+    return tuple(names) if len(set(names)) == len(names) else ()
+
+
+def _output_matrix(outputs: dict[str, np.ndarray], names: Sequence[str], rows: int
+                   ) -> np.ndarray:
+    """The chosen outputs of one batch, each flattened per row, side by side."""
+    parts = [np.asarray(outputs[n], dtype=np.float64).reshape(rows, -1) for n in names]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
 class DriftSummarizer:
@@ -81,25 +99,36 @@ class DriftSummarizer:
     def add_model(self, name: str, reference: ReferenceProfile, *, input_names: Sequence[str],
                   output_names: Sequence[str], output_widths: Sequence[int | None],
                   drift_output: str | None = None) -> None:
-        """Register a model; pick the output whose width matches the reference's outputs.
+        """Register a model and choose the output(s) its drift windows summarize.
+
+        ``drift_output`` names one output. Otherwise the outputs the reference profile's
+        columns were built from (``edgefleet release`` profiles every output, its columns
+        named ``tensor`` or ``tensor[i]``) are used when their widths add up, else the
+        first output as wide as the profile's outputs.
 
         Raises:
-            ConfigError: ``drift_output`` is not an output of the model, or no output has
-                as many columns as the reference profile's outputs.
+            ConfigError: ``drift_output`` is not an output of the model, or no output (or
+                set of outputs) has as many columns as the reference profile's outputs.
         """
         want = len(reference.outputs)
         if drift_output is not None:
             if drift_output not in output_names:
                 raise ConfigError(f"model {name}: drift_output {drift_output!r} is not one of "
                                   f"its outputs {list(output_names)}")
-            chosen = drift_output
+            chosen: Sequence[str] = (drift_output,)
         else:
-            fits = [n for n, w in zip(output_names, output_widths, strict=True) if w == want]
-            if not fits:
+            widths = dict(zip(output_names, output_widths, strict=True))
+            named = _profiled_outputs(reference)
+            fits = [n for n in output_names if widths[n] == want]
+            if named and all(n in widths for n in named) and \
+                    sum(widths[n] or 0 for n in named) == want:
+                chosen = named
+            elif fits:
+                chosen = fits[:1]
+            else:
                 raise ConfigError(
                     f"model {name}: no output has {want} column(s) like the reference "
                     f"profile's outputs; set drift_output")
-            chosen = fits[0]
         self._models[name] = _ModelDrift(name, reference, input_names, chosen)
 
     def has(self, name: str) -> bool:
@@ -113,8 +142,7 @@ class DriftSummarizer:
             return
         try:
             x = np.concatenate([_row_matrix(i, md.input_names) for i in inputs])
-            y = np.concatenate([np.asarray(o[md.output_name], dtype=np.float64)
-                                .reshape(x_rows(i, md.input_names), -1)
+            y = np.concatenate([_output_matrix(o, md.output_names, x_rows(i, md.input_names))
                                 for i, o in zip(inputs, outputs, strict=True)])
             builder = md.builders.get(version)
             if builder is None:
