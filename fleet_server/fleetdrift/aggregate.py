@@ -15,7 +15,7 @@ import enum
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,14 +107,39 @@ def windows_in_range(  # noqa: PLR0917 - a query with one argument per filter
     return _rows(db, where, args, limit)
 
 
-def parse_window(row: WindowRow, reference: ReferenceProfile) -> WindowSummary | None:
-    """The row's summary validated against ``reference``; None (logged) when it is bad."""
+def parse_window(row: WindowRow,
+                 reference: Callable[[str | None], ReferenceProfile]) -> WindowSummary | None:
+    """The row's summary validated against the profile it was binned on; None (logged)
+    when it is bad.
+
+    ``reference(digest)`` returns the profile whose :attr:`ReferenceProfile.digest` is the
+    summary's ``ref`` (a device bins every version it serves on the profile it was set up
+    with, so a new version's windows may name an earlier version's profile).
+
+    Raises:
+        NoReferenceError: from ``reference``: no profile with that digest.
+    """
     try:
-        summary = WindowSummary.from_dict(json.loads(row.summary), reference)
+        data = json.loads(row.summary)
+        ref = data.get("ref") if isinstance(data, dict) else None
+        summary = WindowSummary.from_dict(data, reference(ref if isinstance(ref, str)
+                                                          else None))
     except (ValueError, DriftDataError) as e:  # JSONDecodeError is a ValueError
         log.warning("drift window %d of device %s rejected: %s", row.id, row.device_id, e)
         return None
     return summary
+
+
+def by_binning(summaries: Sequence[WindowSummary]) -> list[list[WindowSummary]]:
+    """``summaries`` in runs of consecutive windows binned on the same profile (only
+    windows on the same bins can be merged or compared against one reference)."""
+    runs: list[list[WindowSummary]] = []
+    for summary in summaries:
+        if runs and runs[-1][-1].reference == summary.reference:
+            runs[-1].append(summary)
+        else:
+            runs.append([summary])
+    return runs
 
 
 def scopes_of(row: WindowRow) -> list[Scope]:

@@ -11,5 +11,9 @@ class NoReferenceError(FleetDriftError):
     """The model version is unknown or has no usable reference profile."""
 
 
+class UnknownVersionError(NoReferenceError):
+    """The registry has no such model version."""
+
+
 class InvalidQueryError(FleetDriftError):
     """A drift query is malformed (bad scope, time range, or too many windows)."""

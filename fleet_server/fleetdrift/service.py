@@ -13,6 +13,7 @@ is fed one window: the merge of all its devices' new windows of that run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from edgefleet.fleet_server.fleetdrift.aggregate import (
     Scope,
     ScopeKind,
     WindowRow,
+    by_binning,
     merge,
     parse_window,
     partition,
@@ -50,9 +52,14 @@ from edgefleet.fleet_server.fleetdrift.alerts import (
     evaluate_scope,
     transition_report,
 )
-from edgefleet.fleet_server.fleetdrift.errors import InvalidQueryError, NoReferenceError
+from edgefleet.fleet_server.fleetdrift.errors import (
+    InvalidQueryError,
+    NoReferenceError,
+    UnknownVersionError,
+)
 from edgefleet.fleet_server.fleetdrift.settings import FleetDriftSettings, settings_for
 from edgefleet.fleet_server.fleetdrift.webhook import WebhookSender
+from edgefleet.fleet_server.ingest.service import model_reference_profiles
 from edgefleet.fleet_server.registry.api import registry_service
 from edgefleet.fleet_server.registry.errors import NotFoundError
 from edgefleet.fleet_server.services import Services
@@ -94,6 +101,7 @@ class FleetDriftService:
             timeout_s=settings.webhook_timeout_s, attempts=settings.webhook_attempts,
             backoff_s=settings.webhook_backoff_s, queue_size=settings.webhook_queue_size)
         self._references: dict[tuple[str, str], ReferenceProfile] = {}
+        self._by_digest: dict[tuple[str, str], ReferenceProfile] = {}
         self._run_lock = threading.Lock()
 
     # -- references ------------------------------------------------------------------
@@ -112,7 +120,7 @@ class FleetDriftService:
         try:
             record = registry_service(self._services).get_version(model, version)
         except NotFoundError as e:
-            raise NoReferenceError(str(e)) from e
+            raise UnknownVersionError(str(e)) from e
         data = record.get("reference_profile")
         if not data:
             raise NoReferenceError(f"model {model!r} version {version!r} has no reference"
@@ -125,6 +133,38 @@ class FleetDriftService:
         self._references[key] = profile
         return profile
 
+    def binning(self, model: str, version: str, digest: str | None) -> ReferenceProfile:
+        """The profile a window of ``model``@``version`` was binned on: the version's own
+        when ``digest`` is None or names it, else the profile of any version of ``model``
+        with that digest (a device bins every version it serves on the profile it was set
+        up with, so after an update the new version's windows name the old profile).
+
+        Raises:
+            UnknownVersionError: the registry does not know the version.
+            NoReferenceError: no version of ``model`` has a profile with that digest.
+        """
+        try:
+            own: ReferenceProfile | None = self.reference(model, version)
+        except UnknownVersionError:
+            raise
+        except NoReferenceError:
+            if digest is None:
+                raise
+            own = None
+        if own is not None and (digest is None or digest == own.digest):
+            return own
+        assert digest is not None
+        key = (model, digest)
+        found = self._by_digest.get(key)
+        if found is None:
+            for d, profile in model_reference_profiles(self._store.db, model).items():
+                self._by_digest[(model, d)] = profile
+            found = self._by_digest.get(key)
+        if found is None:
+            raise NoReferenceError(f"model {model!r} version {version!r}: windows binned on "
+                                   f"profile {digest[:12]}, which no version of the model has")
+        return found
+
     # -- reports -----------------------------------------------------------------------
 
     def report(self, scope: Scope, since: float, until: float) -> dict[str, Any]:
@@ -136,29 +176,43 @@ class FleetDriftService:
         """
         if not since < until:
             raise InvalidQueryError("since must be before until")
-        reference = self.reference(scope.model, scope.version)
+        try:  # the version must be known; its own profile is needed only without windows
+            no_profile: NoReferenceError | None = None
+            self.reference(scope.model, scope.version)
+        except UnknownVersionError:
+            raise
+        except NoReferenceError as e:
+            no_profile = e
         limit = self.settings.max_query_windows
         rows = windows_in_range(self._store.db, scope.model, scope.version, scope.kind,
                                 scope.id, since, until, limit + 1)
         if len(rows) > limit:
             raise InvalidQueryError(f"more than {limit} windows in range; narrow it")
-        summaries = [s for s in (parse_window(r, reference) for r in rows) if s is not None]
+        parsed = self._parse(rows)[0]
+        # windows on other bins than the latest ones cannot be merged with them
+        latest = parsed[-1][1].reference if parsed else None
+        summaries = [s for _, s in parsed if s.reference == latest]
         open_alerts, _ = self.alerts.list(status=AlertStatus.OPEN, model=scope.model,
                                           version=scope.version, kind=scope.kind,
                                           scope_id=scope.id, limit=1)
         out: dict[str, Any] = {
             "model": scope.model, "version": scope.version, "scope": scope.kind.value,
             "id": scope.id, "since": since, "until": until, "windows": len(summaries),
-            "rejected": len(rows) - len(summaries),
+            "rejected": len(rows) - len(parsed),
+            "other_profile": len(parsed) - len(summaries),
             "devices": len({r.device_id for r in rows}),
             "open_alert": open_alerts[0]["id"] if open_alerts else None,
         }
         if not summaries:
+            if no_profile is not None:
+                raise no_profile
             return {**out, "predictions": 0, "status": WindowStatus.INSUFFICIENT.value,
                     "drifted": [], "columns": []}
+        reference = self.binning(scope.model, scope.version, latest)
         merged = merge(summaries)
         report = compare(reference, merged, self.settings.thresholds)
-        return {**out, "predictions": merged.predictions, **report_to_dict(report, reference)}
+        return {**out, "predictions": merged.predictions, "profile": reference.digest,
+                **report_to_dict(report, reference)}
 
     # -- evaluation --------------------------------------------------------------------
 
@@ -182,13 +236,12 @@ class FleetDriftService:
                 skipped += 1
                 continue
             try:
-                reference = self.reference(row.model, row.version)
+                summary = parse_window(row, functools.partial(self.binning, *key))
             except NoReferenceError as e:
                 log.warning("drift windows of %s@%s not evaluated: %s", *key, e)
                 missing.add(key)
                 skipped += 1
                 continue
-            summary = parse_window(row, reference)
             if summary is None:
                 rejected += 1
             else:
@@ -196,22 +249,35 @@ class FleetDriftService:
         return parsed, rejected, skipped
 
     def _outcomes(self, parsed: list[tuple[WindowRow, WindowSummary]]
-                  ) -> list[tuple[Scope, ReferenceProfile, ScopeOutcome]]:
+                  ) -> list[tuple[Scope, ScopeOutcome, list[tuple[AlertEvent, dict[str, Any]]]]]:
+        """Each scope's last outcome (its state is the scope's new detector state) and its
+        alert transitions with their reports.
+
+        A scope's windows go through its detector in order, in runs binned on the same
+        profile; a group or the fleet sees one merged window per run.
+        """
         out = []
         for scope, windows in partition(parsed).items():
-            reference = self.reference(scope.model, scope.version)
             try:
                 state = self.alerts.load_state(scope)
             except (DriftDataError, ValueError):
                 log.exception("corrupt drift state of %s; starting afresh", scope.label())
                 state = DetectorState()
+            transitions: list[tuple[AlertEvent, dict[str, Any]]] = []
+            outcome: ScopeOutcome | None = None
             try:
-                batch = windows if scope.kind is ScopeKind.DEVICE else [merge(windows)]
-                outcome = evaluate_scope(reference, self.settings.thresholds, state, batch)
-            except DriftDataError:
+                for run in by_binning(windows):
+                    reference = self.binning(scope.model, scope.version, run[0].reference)
+                    batch = run if scope.kind is ScopeKind.DEVICE else [merge(run)]
+                    outcome = evaluate_scope(reference, self.settings.thresholds, state, batch)
+                    state = outcome.state
+                    transitions += [(t.event, transition_report(t, reference))
+                                    for t in outcome.transitions]
+            except (DriftDataError, NoReferenceError):
                 log.exception("drift evaluation of %s failed", scope.label())
                 continue
-            out.append((scope, reference, outcome))
+            if outcome is not None:
+                out.append((scope, outcome, transitions))
         return out
 
     def _evaluate(self) -> RunStats:
@@ -224,11 +290,10 @@ class FleetDriftService:
         events: list[tuple[str, dict[str, Any]]] = []
         now = self._clock()
         with self._store.transaction() as db:
-            for scope, reference, outcome in outcomes:
+            for scope, outcome, transitions in outcomes:
                 self.alerts.save_state(db, scope, outcome, now)
-                for transition in outcome.transitions:
-                    report = transition_report(transition, reference)
-                    if transition.event is AlertEvent.OPENED:
+                for event, report in transitions:
+                    if event is AlertEvent.OPENED:
                         alert = self.alerts.open_alert(db, scope, report, now)
                         if alert is not None:
                             self._audit.record(SYSTEM, "drift.alert.open", "drift_alert",

@@ -32,7 +32,7 @@ def test_merged_counts_are_exact_sums(env: DriftEnv) -> None:
 
     found = windows_in_range(env.services.store.db, MODEL, VERSION, ScopeKind.FLEET,
                              FLEET_ID, *EVERYTHING, limit=100)
-    summaries = [parse_window(r, env.reference) for r in found]
+    summaries = [parse_window(r, lambda _digest: env.reference) for r in found]
     assert len(summaries) == len(stored) and all(s is not None for s in summaries)
     merged = merge([s for s in summaries if s is not None])
 

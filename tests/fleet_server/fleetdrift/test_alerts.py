@@ -114,3 +114,35 @@ def test_bad_windows_are_counted_not_fatal(env: DriftEnv) -> None:
     stats = env.drift.evaluate()
     assert (stats.windows, stats.rejected, stats.skipped, stats.scopes) == (3, 1, 1, 2)
     assert env.drift.evaluate().windows == 0
+
+
+def test_windows_binned_on_an_earlier_versions_profile_are_evaluated(env: DriftEnv) -> None:
+    """After an update a device bins the new version's predictions on the profile of the
+    release it was set up with: those windows count for the new version, compared against
+    the profile they name (the new version here has a profile of its own, other bins)."""
+    import io
+
+    from edgefleet.fleet_server.audit import SYSTEM
+    from edgefleet.fleet_server.registry.api import registry_service
+    from edgefleet.fleet_server.registry.service import UploadMetadata
+    from tests.fleet_server.fleetdrift.support import write_onnx
+
+    x, y = rows(77, shift=0.5)
+    own = ReferenceProfile.build(x, [c.name for c in env.reference.features], y,
+                                 [c.name for c in env.reference.outputs], bins=6)
+    assert own.digest != env.reference.digest
+    model_file = write_onnx(env.data_dir / "model2.onnx")
+    registry_service(env.services).upload(
+        MODEL, "2.0.0", io.BytesIO(model_file.read_bytes()),
+        UploadMetadata(reference_profile=own.to_dict()), SYSTEM)
+    device = env.enroll()
+    for seed in (21, 22):  # binned on 1.0.0's profile, served as 2.0.0
+        env.store_window(device, env.summary(seed=seed, shift=1.0), version="2.0.0")
+    stats = env.drift.evaluate()
+    assert (stats.windows, stats.rejected, stats.skipped) == (2, 0, 0)
+    [alert] = _alerts(env, "&status=open")["items"]
+    assert (alert["version"], alert["scope_id"]) == ("2.0.0", device)
+    report = env.get(f"/api/v1/drift?model={MODEL}&version=2.0.0&scope=device"
+                     f"&id={device}&since=0&until=9999999999")
+    assert report["windows"] == 2 and report["profile"] == env.reference.digest
+    assert report["status"] == "over"
