@@ -54,9 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                ("(h) federated rounds: fleet-server job versus bare Flower",
                                 federated)):
             print(f"\n{title}", flush=True)
+            section_started = time.monotonic()
             for figure in section.run(workdir, settings):
                 figures.append(figure)
                 print(figure.line(), flush=True)
+            print(f"    (section took {time.monotonic() - section_started:.1f} s)", flush=True)
     passed = sum(f.passed for f in figures)
     print(f"\n{passed}/{len(figures)} goals met in {time.monotonic() - started:.1f} s",
           flush=True)
