@@ -57,6 +57,7 @@ DEFAULT_RUN_CONFIG: dict[str, ConfigValue] = {
     "checkpoint-dir": "",  # required: absolute path, written after every round
     "resume": False,  # continue from the latest checkpoint in checkpoint-dir
     "init-weights": "",  # optional .npz with initial weights (ignored when resuming)
+    "start-round": 1,  # first round of a fresh run; > 1: init-weights are round N-1's
     "model-family": "logreg",
     "n-features": 0,  # required
     "n-classes": 0,  # required
@@ -94,6 +95,7 @@ class RunSettings:
     checkpoint_dir: str
     resume: bool
     init_weights: str
+    start_round: int
     model_family: str
     n_features: int
     n_classes: int
@@ -174,6 +176,12 @@ class RunSettings:
             (self.straggler_cooldown_rounds >= 0, "straggler-cooldown-rounds must be >= 0"),
             (self.node_wait_s > 0.0, "node-wait-s must be > 0"),
             (self.evaluate_every >= 0, "evaluate-every must be >= 0"),
+            (1 <= self.start_round <= self.num_rounds,
+             "start-round must be in [1, num-rounds]"),
+            (self.start_round == 1 or bool(self.init_weights),
+             "start-round > 1 needs init-weights (the weights after round start-round - 1)"),
+            (self.start_round == 1 or not self.resume,
+             "start-round and resume exclude each other"),
             (self.n_features >= 1, "n-features must be set (>= 1)"),
             (self.n_classes >= 2, "n-classes must be set (>= 2)"),
             (self.hidden >= 1, "hidden must be >= 1"),

@@ -92,12 +92,23 @@ def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
 def resolve_start(settings: RunSettings) -> StartPoint:
     """Initial weights: the latest checkpoint (resume), a weights file, or a fresh model.
 
+    With ``start-round`` N > 1 the run continues a job elsewhere (the fleet server resumes
+    from its registry checkpoint): ``init-weights`` are the weights after round N - 1, the
+    first round run is N and no round 0 is written.
+
     Raises:
         SettingsError: a fresh run was pointed at a directory that already has rounds.
         CheckpointError: the checkpoint or weights file cannot be read.
     """
     directory = Path(settings.checkpoint_dir)
     last = latest_round(directory)
+    if settings.start_round > 1:
+        if last is not None:
+            raise SettingsError(f"{directory} already holds checkpoints up to round {last}; "
+                                "a run with start-round needs an empty directory")
+        previous = settings.start_round - 1
+        return StartPoint(load_weights(Path(settings.init_weights)), settings.start_round,
+                          previous)
     if settings.resume and last is not None:
         checkpoint = load_round(directory, last)
         return StartPoint(checkpoint.weights, last + 1, last)

@@ -3,9 +3,10 @@ device cohorts into new, registered, quantized model versions.
 
 Modules: ``spec`` (what an operator asks for, parsed; the Flower run config; pure),
 ``federation`` (the supervised SuperLink), ``service`` (jobs in the database, the worker
-thread, schedules), ``runner`` (one job: Flower runs with resume, evaluation,
-registration), ``evaluate`` (hold-out accuracy, quantization), ``api`` (the blueprint),
-``schema`` (tables). See docs/fljobs.md.
+thread, schedules), ``runner`` (one job: Flower runs, every round a registry checkpoint,
+resume from it, evaluation, registration), ``canary`` (the optional canary rollout of an
+accepted result), ``evaluate`` (hold-out accuracy, quantization), ``api`` (the
+blueprint), ``schema`` (tables). See docs/fljobs.md.
 """
 
 from __future__ import annotations

@@ -5,6 +5,12 @@ Federation` in ``<data dir>/federation`` with TLS and SuperNode authentication o
 first time something needs it (a node registration, a job run), and stops it with the
 server. It is the only place in the server that talks to Flower's Control API.
 
+A crashed SuperLink is restarted by the ``Federation`` supervisor on the same port with
+the same TLS files and state database: the join information stays valid, registrations
+survive and SuperNodes reconnect on their own. :meth:`FederationManager.generation`
+tells the job runner that the process was replaced (its runs in flight are then ended
+and resumed from the last registry checkpoint).
+
 What a device needs to join: the SuperLink's fleet address and the CA certificate
 (:meth:`FederationManager.join_info`), plus its own key registered through
 :meth:`FederationManager.register_node` (``POST /fl/nodes``, ``POST /device/fl-node``).
@@ -46,6 +52,7 @@ class FederationManager:
         self._on_start = on_start
         self._lock = threading.Lock()
         self._federation: Any = None  # Federation, imported lazily (flwr is heavy)
+        self._starts = 0  # Federation objects started by this manager
 
     @property
     def started(self) -> bool:
@@ -74,6 +81,7 @@ class FederationManager:
                     raise FederationUnavailable(f"cannot start the SuperLink: {e}") from e
                 logger.info("SuperLink started at %s", federation.superlink.address)
                 self._federation = federation
+                self._starts += 1
                 # Its children run in their own process groups: do not orphan them when
                 # the server exits without closing the feature.
                 atexit.register(self.stop)
@@ -83,6 +91,18 @@ class FederationManager:
                     except Exception:  # the SuperLink itself is usable
                         logger.exception("SuperLink start hook failed")
             return self._federation
+
+    def generation(self) -> tuple[int, int] | None:
+        """Which SuperLink process is current: (starts by this manager, restarts of it by
+        the supervisor), None when not started. It changes whenever the SuperLink process
+        was replaced (a crash restarted by the supervisor, a stop and a new start): the
+        ServerApps of runs in flight did not survive that reliably, so the job runner ends
+        such runs and resumes from the last checkpoint as a new run."""
+        with self._lock:
+            federation = self._federation
+            if federation is None:
+                return None
+            return (self._starts, int(federation.superlink.process.restarts))
 
     def join_info(self, *, start: bool = True) -> dict[str, Any]:
         """What a device's SuperNode needs: ``superlink`` address and ``ca_cert`` PEM.

@@ -39,7 +39,13 @@ from edgefleet.fleet_server.fljobs.errors import (
 )
 from edgefleet.fleet_server.fljobs.evaluate import load_holdout
 from edgefleet.fleet_server.fljobs.federation import FederationManager
-from edgefleet.fleet_server.fljobs.spec import JobSpec, JobStatus, ModelShape, parse_spec
+from edgefleet.fleet_server.fljobs.spec import (
+    JobSpec,
+    JobStatus,
+    ModelShape,
+    canary_spec,
+    parse_spec,
+)
 from edgefleet.fleet_server.registry.api import registry_service
 from edgefleet.fleet_server.registry.errors import NotFoundError
 from edgefleet.fleet_server.rollouts.errors import RolloutInvalid
@@ -136,8 +142,10 @@ class FlJobService:
         """Validate and persist a job, then queue it.
 
         Raises:
-            JobInvalid: inconsistent spec, unusable base model or hold-out set.
-            JobNotFound: unknown model, base version or listed device.
+            JobInvalid: inconsistent spec (cohort, canary), unusable base model or
+                hold-out set.
+            JobNotFound: unknown model, base version or listed device (cohort or canary
+                target), or no device matches.
             JobConflict: fewer devices with a registered Flower node than ``min_nodes``.
         """
         spec = parse_spec(body)
@@ -147,6 +155,8 @@ class FlJobService:
         if spec.new_version is not None:
             self._refuse_existing_version(spec.model, spec.new_version)
         cohort = self._cohort(spec)
+        if spec.canary is not None:
+            self._check_canary_target(spec)
         now = utcnow()
         with self.store.transaction() as db:
             row = {
@@ -437,6 +447,15 @@ class FlJobService:
         except NotFoundError:
             return
         raise JobConflict(f"{model}@{version} is already registered")
+
+    def _check_canary_target(self, spec: JobSpec) -> None:
+        """The canary's target must select active devices now (it is resolved again when
+        the rollout is created)."""
+        target = canary_spec(spec, spec.base_version).target
+        try:
+            select_devices(self.store.db, target, seed="fljobs-canary")
+        except RolloutInvalid as e:
+            raise JobNotFound(f"canary target: {e}") from e
 
     def _cohort(self, spec: JobSpec) -> list[str]:
         sel = TargetSelector(group=spec.cohort.group, tags=spec.cohort.tags,

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from edgefleet.fleet_server.fljobs.errors import JobInvalid
+from edgefleet.fleet_server.rollouts.spec import CREATE_SCHEMA as ROLLOUT_SCHEMA
+from edgefleet.fleet_server.rollouts.spec import RolloutSpec, SpecError
+from edgefleet.fleet_server.rollouts.spec import parse_spec as parse_rollout
 
 _NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
 _VERSION = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"}
@@ -53,6 +56,20 @@ class JobStatus(enum.StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.REJECTED, JobStatus.FAILED,
                         JobStatus.CANCELLED)
 
+
+#: The rollout fields a job's ``canary`` may set: everything of a rollout's create request
+#: (``POST /rollouts``) except what the job decides (model, version, from_version).
+CANARY_FIELDS = tuple(k for k in ROLLOUT_SCHEMA["properties"]
+                      if k not in ("model", "version", "from_version"))
+CANARY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["target"],
+    "additionalProperties": False,
+    "description": "when the result is accepted: publish its int8 version's release and "
+                   "start this rollout of it (the fields of POST /rollouts without model, "
+                   "version and from_version)",
+    "properties": {k: ROLLOUT_SCHEMA["properties"][k] for k in CANARY_FIELDS},
+}
 
 CREATE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -109,6 +126,7 @@ CREATE_SCHEMA: dict[str, Any] = {
         "on_drift": {"type": "boolean",
                      "description": "re-run the same spec when a fleet-drift alert opens "
                                     "for the model after the job ended"},
+        "canary": CANARY_SCHEMA,
     },
 }
 
@@ -154,11 +172,14 @@ class JobSpec:
     max_quantization_drop: float = 2.0
     every_s: float | None = None
     on_drift: bool = False
+    #: the ``canary`` request as given (validated by :func:`canary_spec`)
+    canary: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON stored in ``fl_jobs.spec`` (and accepted again by :func:`parse_spec`)."""
         out = asdict(self)
         out["strategy"] = self.strategy.value
+        out["canary"] = None if self.canary is None else dict(self.canary)
         out["cohort"] = {k: (list(v) if isinstance(v, tuple) else v)
                          for k, v in out["cohort"].items() if v not in (None, (), [])}
         return {k: v for k, v in out.items() if v is not None}
@@ -192,14 +213,34 @@ def parse_spec(body: Mapping[str, Any]) -> JobSpec:
     options: dict[str, Any] = {k: body[k] for k in ints if k in body}
     options["on_drift"] = bool(body.get("on_drift", False))
     options |= {k: float(body[k]) for k in reals if k in body}
+    canary = body.get("canary")
     spec = JobSpec(model=str(body["model"]), base_version=str(body["base_version"]),
                    cohort=cohort, holdout=holdout, dp=dp,
                    strategy=Strategy(body.get("strategy", Strategy.FEDAVG.value)),
-                   **options)
+                   canary=None if canary is None else dict(canary), **options)
+    if spec.canary is not None:
+        canary_spec(spec, "0")  # the version is only known at the end; the rest is checked
     if cohort.devices and spec.min_nodes > len(cohort.devices):
         raise JobInvalid(f"min_nodes {spec.min_nodes} exceeds the {len(cohort.devices)} "
                          "listed devices")
     return spec
+
+
+def canary_spec(spec: JobSpec, version: str) -> RolloutSpec:
+    """The rollout of ``version`` (the accepted result's int8 version) that the job's
+    ``canary`` asks for.
+
+    Raises:
+        JobInvalid: the job has no canary, or it is inconsistent (waves, target, ...).
+    """
+    if spec.canary is None:
+        raise JobInvalid("the job has no canary")
+    body = {**spec.canary, "model": spec.model, "version": version}
+    body.setdefault("name", f"canary {spec.model} {version}")
+    try:
+        return parse_rollout(body)
+    except (SpecError, ValueError, TypeError) as e:
+        raise JobInvalid(f"canary: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -213,9 +254,14 @@ class ModelShape:
 
 
 def run_config(spec: JobSpec, shape: ModelShape, *, checkpoint_dir: str, init_weights: str,
-               resume: bool, node_ids: Sequence[int] = ()) -> dict[str, bool | int | float | str]:
-    """The Flower run config of one attempt (keys of ``federated.flower.config``);
-    ``node_ids``: the cohort's Flower nodes, the only ones asked to take part."""
+               start_round: int = 1,
+               node_ids: Sequence[int] = ()) -> dict[str, bool | int | float | str]:
+    """The Flower run config of one attempt (keys of ``federated.flower.config``).
+
+    ``start_round`` > 1 resumes: ``init_weights`` then hold the weights after round
+    ``start_round - 1`` (the job's last registry checkpoint) and ``checkpoint_dir`` is the
+    attempt's own, empty directory. ``node_ids``: the cohort's Flower nodes, the only
+    ones asked to take part."""
     config: dict[str, bool | int | float | str] = {
         "num-rounds": spec.rounds,
         "strategy": spec.strategy.flower_name,
@@ -227,8 +273,8 @@ def run_config(spec: JobSpec, shape: ModelShape, *, checkpoint_dir: str, init_we
         "node-wait-s": spec.node_wait_s,
         "evaluate-every": spec.evaluate_every,
         "checkpoint-dir": checkpoint_dir,
-        "resume": resume,
         "init-weights": init_weights,
+        "start-round": start_round,
         "model-family": shape.family,
         "n-features": shape.n_features,
         "n-classes": shape.n_classes,

@@ -25,7 +25,12 @@ from edgefleet.fleet_server.api.pagination import (
 from edgefleet.fleet_server.api.routing import current_actor, route
 from edgefleet.fleet_server.auth.roles import Role
 from edgefleet.fleet_server.registry.artifacts import ArtifactStore
-from edgefleet.fleet_server.registry.errors import InvalidMetadataError, RegistryError
+from edgefleet.fleet_server.registry.checkpoints import CheckpointService
+from edgefleet.fleet_server.registry.errors import (
+    InvalidMetadataError,
+    NotFoundError,
+    RegistryError,
+)
 from edgefleet.fleet_server.registry.metadata import (
     LINEAGE_FIELDS,
     QUANTIZATIONS,
@@ -107,6 +112,25 @@ def registry_service(services: Services) -> RegistryService:
     return svc
 
 
+def checkpoint_service(services: Services) -> CheckpointService:
+    """The app's CheckpointService (training checkpoints, same artifact store as versions),
+    created once and kept in ``services.extras["registry.checkpoints"]``."""
+    existing = services.extras.get("registry.checkpoints")
+    if isinstance(existing, CheckpointService):
+        return existing
+    svc = CheckpointService(services.store, services.audit,
+                            registry_service(services).artifacts)
+    services.extras["registry.checkpoints"] = svc
+    return svc
+
+
+CHECKPOINT_FILTERS: list[dict[str, Any]] = [
+    {"name": "run", "in": "query", "required": False,
+     "description": "one training run, e.g. 'fljob:7'",
+     "schema": {"type": "string", "maxLength": 128}},
+]
+
+
 def _metadata_from_form() -> UploadMetadata:
     raw = request.form.get("metadata")
     if raw is None or not raw.strip():
@@ -120,6 +144,12 @@ def _metadata_from_form() -> UploadMetadata:
     if not isinstance(parsed, dict):
         raise InvalidMetadataError("metadata must be a JSON object")
     return UploadMetadata.from_dict(parsed)
+
+
+def _round(text: str) -> int:
+    if not text.isdecimal() or len(text) > 7:
+        raise NotFoundError(f"no checkpoint round {text!r}")
+    return int(text)
 
 
 def _other_version(model: str) -> tuple[str, str]:
@@ -240,5 +270,38 @@ def create_blueprint(services: Services) -> Blueprint:
            responses={200: "{nodes, edges}"}, tags=TAG)
     def lineage(name: str, version: str) -> Any:
         return jsonify(svc.lineage(name, version))
+
+    checkpoints = checkpoint_service(services)
+    # no <int:...> converter: the round is parsed in the view (a plain placeholder keeps
+    # the rule and its OpenAPI path the same text)
+    _ckpt = f"{_NAME}/checkpoints/<run>/<round_no>"
+
+    @route(bp, f"/models/{_NAME}/checkpoints", ["GET"], role=Role.VIEWER,
+           summary="List a model's training checkpoints (newest first; never deployable)",
+           responses={200: "Checkpoints"}, params=[*PAGINATION_PARAMS, *CHECKPOINT_FILTERS],
+           tags=TAG)
+    def list_checkpoints(name: str) -> Any:
+        page = page_request()
+        items, total = checkpoints.list(name, run=request.args.get("run") or None,
+                                        limit=page.limit, offset=page.offset)
+        return jsonify(paginate(items, total, page))
+
+    @route(bp, f"/models/{_ckpt}", ["GET"], role=Role.VIEWER,
+           summary="Get one training checkpoint (run, round)",
+           responses={200: "The checkpoint record"}, tags=TAG)
+    def get_checkpoint(name: str, run: str, round_no: str) -> Any:
+        return jsonify(checkpoints.get(name, run, _round(round_no)))
+
+    @route(bp, f"/models/{_ckpt}/artifact", ["GET"], role=Role.VIEWER,
+           summary="Download a training checkpoint's model file",
+           responses={200: "The model file (application/octet-stream)"}, tags=TAG)
+    def download_checkpoint(name: str, run: str, round_no: str) -> Any:
+        record = checkpoints.get(name, run, _round(round_no))
+        suffix = ".tflite" if record["framework"] == "tflite" else ".onnx"
+        safe_run = run.replace(":", "-")
+        return send_file(checkpoints.path(record), mimetype="application/octet-stream",
+                         as_attachment=True,
+                         download_name=f"{name}-{safe_run}-r{int(record['round']):04d}"
+                                       f"{suffix}")
 
     return bp

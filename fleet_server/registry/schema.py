@@ -64,4 +64,36 @@ def _v1(db: Database) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [(1, _v1)]
+#: Training checkpoints (federated rounds): content-addressed model files like versions,
+#: but no stage and no version string, so nothing can release or roll them out.
+_V2 = [
+    """CREATE TABLE registry_checkpoints (
+    id INTEGER PRIMARY KEY,
+    model TEXT NOT NULL REFERENCES registry_models(name),
+    run TEXT NOT NULL,                 -- the training run, e.g. "fljob:7"
+    round INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    framework TEXT NOT NULL,
+    parent_id INTEGER NOT NULL REFERENCES registry_versions(id),  -- the base version
+    metrics TEXT NOT NULL,             -- JSON object
+    lineage TEXT NOT NULL,             -- JSON {training_run, federated_round, ...}
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    UNIQUE (model, run, round)
+)""",
+    "CREATE INDEX registry_checkpoints_digest ON registry_checkpoints(digest)",
+    """CREATE TRIGGER registry_checkpoints_immutable
+BEFORE UPDATE ON registry_checkpoints
+BEGIN
+    SELECT RAISE(ABORT, 'checkpoints are immutable');
+END""",
+]
+
+
+def _v2(db: Database) -> None:
+    for statement in _V2:
+        db.execute(statement)
+
+
+MIGRATIONS: list[tuple[int, Callable[[Database], None]]] = [(1, _v1), (2, _v2)]

@@ -374,6 +374,31 @@ def test_checkpoints_round_trip_and_refuse_to_mix_runs(tmp_path: Path) -> None:
         load_round(tmp_path / "empty")
 
 
+def test_a_fresh_run_can_start_at_a_later_round_from_given_weights(tmp_path: Path) -> None:
+    """What the fleet server does to resume a job from its registry checkpoint."""
+    weights = {"linear.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+               "linear.bias": np.ones(3, np.float32)}
+    np.savez(tmp_path / "round-2.npz", **weights)
+    config: dict[str, Any] = {"n-features": 3, "n-classes": 3, "num-rounds": 5,
+                              "checkpoint-dir": str(tmp_path / "attempt-02"),
+                              "init-weights": str(tmp_path / "round-2.npz"),
+                              "start-round": 3}
+    start = resolve_start(RunSettings.from_run_config(config))
+    assert start.first_round == 3 and start.resumed_from == 2
+    assert all(np.array_equal(start.weights[k], weights[k]) for k in weights)
+    for bad, message in (({"start-round": 6}, "start-round must be in"),
+                         ({"start-round": 0}, "start-round must be in"),
+                         ({"init-weights": ""}, "needs init-weights"),
+                         ({"resume": True}, "exclude each other")):
+        with pytest.raises(SettingsError, match=message):
+            RunSettings.from_run_config({**config, **bad})
+    save_round(tmp_path / "attempt-02", weights, RoundRecord(
+        round=3, run_id=1, status="aggregated", strategy="fedavg", participating_nodes=[],
+        failed_nodes=[], examples=0, bytes_sent=0, bytes_received=0, duration_s=0.0))
+    with pytest.raises(SettingsError, match="needs an empty directory"):
+        resolve_start(RunSettings.from_run_config(config))
+
+
 def test_managed_process_restarts_with_backoff_and_stops_its_whole_group(
     tmp_path: Path,
 ) -> None:

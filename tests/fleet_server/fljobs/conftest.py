@@ -153,6 +153,9 @@ class FakeFederation:
     def online_node_ids(self) -> set[int]:
         return set(self.node_ids)
 
+    def generation(self) -> tuple[int, int]:
+        return (1, 0)
+
     def submit_run(self, config: dict[str, Any]) -> int:
         if self.refuse:
             self.refuse -= 1
@@ -162,9 +165,9 @@ class FakeFederation:
         ckpt = Path(str(config["checkpoint-dir"]))
         from edgefleet.federated.flower.checkpoint import latest_round
 
-        last = latest_round(ckpt)
-        first = 1 if last is None else last + 1
-        if last is None:
+        assert latest_round(ckpt) is None, "each run gets an empty checkpoint directory"
+        first = int(config["start-round"])
+        if first == 1:
             save_round(ckpt, self.weights, _record(0, run_id, "initial", []))
         fail = self.fail_after.pop(0) if self.fail_after else None
         end = int(config["num-rounds"]) if fail is None else first + fail - 1

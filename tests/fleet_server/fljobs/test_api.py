@@ -143,3 +143,21 @@ def test_the_routes_are_in_the_openapi_document(fl: FlEnv) -> None:
     create = next(v for p, v in paths.items() if p.endswith("/fl/jobs"))["post"]
     schema = create["requestBody"]["content"]["application/json"]["schema"]
     assert schema["additionalProperties"] is False and "holdout" in schema["required"]
+
+
+def test_canary_is_validated_at_creation(fl: FlEnv) -> None:
+    fl.seed_nodes()
+    ok = {"target": {"group": "lab", "percent": 50}, "waves": [0.1, 1.0], "bake_s": 900,
+          "on_failure": "rollback", "gates": {"max_install_failure_rate": 0.1}}
+    rv = fl.post("/fl/jobs", fl.job_body(canary=ok))
+    assert rv.status_code == 201, rv.json
+    assert rv.json["spec"]["canary"] == ok
+    _error(fl, 400, canary={"waves": [1.0]})  # no target
+    _error(fl, 400, canary={"target": {"group": "lab"}, "version": "2.0"})  # job decides
+    _error(fl, 400, canary={"target": {"group": "lab"}, "gates": {"nope": 1}})
+    assert "last wave must be 1.0" in _error(fl, 400, canary={"target": {"group": "lab"},
+                                                             "waves": [0.1, 0.5]})
+    assert "not both" in _error(fl, 400, canary={"target": {"group": "lab",
+                                                            "devices": [fl.devices[0]]}})
+    assert "canary target" in _error(fl, 404, canary={"target": {"devices": ["dev-nope"]}})
+    assert "canary target" in _error(fl, 404, canary={"target": {"group": "nobody"}})

@@ -53,15 +53,24 @@ def test_a_failed_run_resumes_from_its_checkpoint_and_the_result_is_registered(
     job = _run(live, fake, rounds=3, dp={"clipping_norm": 2.0, "noise_multiplier": 0.1})
     assert job["status"] == "succeeded", job["error"]
     assert job["attempts"] == 2 and job["run_ids"] == [101, 102]
-    assert [c["resume"] for c in fake.configs] == [False, True]
-    first = fake.configs[0]
+    assert [c["start-round"] for c in fake.configs] == [1, 2]
+    first, second = fake.configs
     assert first["init-weights"].endswith("init.npz") and first["num-rounds"] == 3
+    # the second run starts from the registry checkpoint of round 1, in its own directory
+    assert second["init-weights"].endswith("resume-r0001.npz")
+    assert second["checkpoint-dir"] != first["checkpoint-dir"]
     assert first["dp-clipping-norm"] == 2.0 and first["dp-noise-multiplier"] == 0.1
     assert first["model-family"] == "logreg" and first["n-features"] == 64
 
     rounds = job["rounds"]
     assert [(r["round"], r["run_id"]) for r in rounds] == [(0, 101), (1, 101), (2, 102),
                                                            (3, 102)]
+    run = f"fljob:{job['id']}"
+    checkpoints = live.get(f"/models/{MODEL}/checkpoints?run={run}").json["items"]
+    assert [(c["round"], c["lineage"]["flower_run"]) for c in checkpoints] == [
+        (3, "102"), (2, "102"), (1, "101")]
+    assert all(c["parent"] == f"{MODEL}@{BASE}" and c["framework"] == "onnx"
+               and c["digest"].startswith("sha256:") for c in checkpoints)
     assert rounds[1]["failed_nodes"] == [{"node_id": 1002, "phase": "train",
                                           "reason": "timeout", "code": None}]
     assert rounds[1]["participating_nodes"] == NODES and rounds[1]["examples"] == 300
@@ -195,13 +204,14 @@ def test_a_drift_alert_for_the_model_starts_the_next_run(live: FlEnv,
 def test_a_job_interrupted_by_a_restart_resumes_from_its_checkpoint(
     fl: FlEnv, digits: DigitsSplit
 ) -> None:
-    """The server died during round 2 of run 7: the next tick resumes as a new run."""
+    """The server died during round 2 of run 7, before it copied round 1 into the
+    registry: the next tick registers round 1 and resumes from it as a new run."""
     from edgefleet.federated.flower.checkpoint import RoundRecord, save_round
 
     fl.seed_nodes()
     job = fl.post("/fl/jobs", fl.job_body(rounds=2)).json  # no worker: stays queued
     weights = trained_weights(digits)
-    ckpt = fl.svc.work_dir / str(job["id"]) / "ckpt"
+    ckpt = fl.svc.work_dir / str(job["id"]) / "ckpt" / "attempt-01"
     for r in (0, 1):
         save_round(ckpt, weights, RoundRecord(r, 7, "aggregated", "fedavg", NODES, [], 10,
                                               1, 1, 1.0))
@@ -214,6 +224,6 @@ def test_a_job_interrupted_by_a_restart_resumes_from_its_checkpoint(
     assert svc.wait_idle(120)
     done = fl.get(f"/fl/jobs/{job['id']}").json
     assert done["status"] == "succeeded", done["error"]
-    assert [c["resume"] for c in fake.configs] == [True]
+    assert [c["start-round"] for c in fake.configs] == [2]
     assert done["run_ids"] == [7, 101] and done["attempts"] == 2
     assert [(r["round"], r["run_id"]) for r in done["rounds"]] == [(0, 7), (1, 7), (2, 101)]
