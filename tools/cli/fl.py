@@ -40,6 +40,11 @@ def _show(job: dict[str, Any]) -> None:
         click.echo(f"  held-out accuracy: base {_fmt(result.get('base_accuracy'))} -> "
                    f"{_fmt(result.get('accuracy'))} (int8 {_fmt(result.get('int8_accuracy'))})")
         click.echo(f"  {result.get('decision', '')}")
+        canary = result.get("canary")
+        if isinstance(canary, dict):
+            click.echo(f"  canary: rollout {canary.get('rollout_id')} of "
+                       f"{job['model']}@{canary.get('version')}" if canary.get("created")
+                       else f"  {canary.get('reason', 'canary not created')}")
     if job.get("result_version"):
         click.echo(f"  registered {job['model']}@{job['result_version']}")
     if job.get("error"):
@@ -74,14 +79,27 @@ def _show(job: dict[str, Any]) -> None:
               help="Re-run the job this many seconds after it ended.")
 @click.option("--new-version", default=None, help="Version to register (default "
               "<base>-fl<job id>).")
+@click.option("--canary", "canary_json", default=None, metavar="JSON",
+              help='When the result is accepted, roll its int8 version out: the fields of a '
+                   'rollout create request except model/version, e.g. \'{"target": {"group": '
+                   '"lab", "percent": 20}, "waves": [0.1, 1], "on_failure": "rollback"}\' '
+                   "(docs/fljobs.md).")
 @click.option("--wait", is_flag=True, help="Follow the job until it ends.")
 @server_options
 def run_command(*, group: str | None, tags: tuple[str, ...], devices: tuple[str, ...],
-                dp_clip: float | None, dp_noise: float | None, wait: bool, server_url: str,
-                token: str, **fields: Any) -> None:
+                dp_clip: float | None, dp_noise: float | None, canary_json: str | None,
+                wait: bool, server_url: str, token: str, **fields: Any) -> None:
     """Schedule a federated training job; prints its id."""
     if (dp_noise is not None) and dp_clip is None:
         raise click.ClickException("--dp-noise needs --dp-clip")
+    canary = None
+    if canary_json is not None:
+        try:
+            canary = json.loads(canary_json)
+        except ValueError as e:
+            raise click.ClickException(f"--canary is not JSON: {e}") from e
+        if not isinstance(canary, dict):
+            raise click.ClickException("--canary must be a JSON object")
     cohort: dict[str, Any] = {}
     if group:
         cohort["group"] = group
@@ -95,6 +113,8 @@ def run_command(*, group: str | None, tags: tuple[str, ...], devices: tuple[str,
     body["cohort"] = cohort
     if dp_clip is not None:
         body["dp"] = {"clipping_norm": dp_clip, "noise_multiplier": dp_noise or 0.0}
+    if canary is not None:
+        body["canary"] = canary
     job = post_json(api_url(server_url, "fl", "jobs"), token, body)
     click.echo(job["id"])
     if wait:

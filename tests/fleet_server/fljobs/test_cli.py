@@ -3,6 +3,7 @@ runs on the worker with an injected federation; the real one is in test_end_to_e
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,3 +83,28 @@ def test_errors_are_one_line_messages(served: tuple[FlEnv, list[str]]) -> None:
     unknown = runner.invoke(cli, [*common, "--group", GROUP, "--base-version", "7.7"])
     assert unknown.exit_code != 0 and "server answered 404" in unknown.output
     assert "Traceback" not in unknown.output
+
+
+def test_run_with_a_canary(served: tuple[FlEnv, list[str]]) -> None:
+    """``--canary`` passes the rollout fields through; the job's result says what became
+    of the canary (this server has no update repositories, so it records why not)."""
+    env, options = served
+    runner = CliRunner()
+    canary = json.dumps({"target": {"group": GROUP, "percent": 50}, "waves": [1.0]})
+    result = runner.invoke(cli, ["fl", "run", "--model", MODEL, "--base-version", BASE,
+                                 "--group", GROUP, "--rounds", "1", "--holdout",
+                                 str(env.holdout), "--margin", "-1", "--canary", canary,
+                                 "--wait", *options])
+    assert result.exit_code == 0, result.output
+    job = env.get(f"/fl/jobs/{int(result.output.splitlines()[0])}").json
+    assert job["spec"]["canary"]["target"] == {"group": GROUP, "percent": 50.0}
+    recorded = job["result"]["canary"]
+    assert recorded["created"] is False and recorded["reason"].startswith("canary not created")
+    assert recorded["reason"] in result.output
+
+    common = ["fl", "run", "--model", MODEL, "--base-version", BASE, "--group", GROUP,
+              "--holdout", str(env.holdout), *options]
+    bad = runner.invoke(cli, [*common, "--canary", "{not json"])
+    assert bad.exit_code != 0 and "--canary is not JSON" in bad.output
+    no_target = runner.invoke(cli, [*common, "--canary", '{"waves": [1.0]}'])
+    assert no_target.exit_code != 0 and "server answered 400" in no_target.output
