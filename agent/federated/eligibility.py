@@ -17,6 +17,7 @@ class State(StrEnum):
 
     OFF = "off"  # configured off
     INELIGIBLE = "ineligible"  # too few examples, busy, or no dataset yet
+    STARTING = "starting"  # eligible: joining the federation, launching the child
     RUNNING = "running"  # the SuperNode child is up
     BACKOFF = "backoff"  # the child died; waiting before the next start
 

@@ -37,6 +37,8 @@ API_PREFIX = "/api/v1"
 CA_FILE = "superlink-ca.pem"
 JOIN_FILE = "join.json"
 MAX_ANSWER_BYTES = 64 * 1024
+# The first registration starts the server's SuperLink; measured > 15 s under load.
+JOIN_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,11 @@ class JoinInfo:
 
 
 def join_federation(state_dir: Path, public_key_pem: bytes, work_dir: Path, *,
-                    timeout_s: float = 15.0) -> JoinInfo:
+                    timeout_s: float = JOIN_TIMEOUT_S) -> JoinInfo:
     """Register ``public_key_pem`` for this enrolled device; the join information.
+
+    The first registration makes the fleet server start its SuperLink, which takes
+    seconds (10 s and more on a busy small machine): hence the generous ``timeout_s``.
 
     Raises:
         JoinError: not enrolled, the device key is unusable, the server is unreachable,
@@ -79,7 +84,13 @@ def join_federation(state_dir: Path, public_key_pem: bytes, work_dir: Path, *,
     except urllib.error.HTTPError as e:
         raise JoinError(f"the fleet server refused to register the SuperNode key: HTTP "
                         f"{e.code} {_error_message(e)}") from e
+    except TimeoutError as e:  # it answers, slowly: it may be starting its SuperLink
+        raise JoinError(f"the fleet server at {server_url} did not answer the SuperNode key "
+                        f"registration within {timeout_s:.0f} s") from e
     except (urllib.error.URLError, OSError) as e:
+        if isinstance(getattr(e, "reason", None), TimeoutError):
+            raise JoinError(f"the fleet server at {server_url} did not answer the SuperNode "
+                            f"key registration within {timeout_s:.0f} s") from e
         raise JoinError(f"the fleet server at {server_url} is unreachable: {e}") from e
     info = _parse_answer(raw)
     work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -22,7 +22,9 @@ start of the child: its node key is registered through the signed ``POST
 join is a failed start (backoff, the reason in the status).
 
 States and the only function that changes them (:meth:`SuperNodeSupervisor._set`):
-``off`` → ``ineligible`` ⇄ ``running`` → ``backoff`` → ``running`` … → ``off`` on stop.
+``off`` → ``ineligible`` → ``starting`` (joining, launching) → ``running`` ⇄
+``ineligible``; a failed start or a dead child → ``backoff`` → ``starting`` … → ``off``
+on stop.
 """
 
 from __future__ import annotations
@@ -254,8 +256,16 @@ class SuperNodeSupervisor:
             "--auth-supernode-private-key", str(self.node_key.private_key),
         ]
 
+    def _explicit_superlink(self) -> bool:
+        """The config names the SuperLink (else the device joins the fleet server's)."""
+        return bool(self.config.superlink) and self.config.ca_cert is not None
+
     def _start_child(self, now: float) -> None:
         self._rotate_log()
+        # Joining can take tens of seconds (the server may be starting its SuperLink):
+        # /v1/health says so instead of the state before.
+        self._set(State.STARTING, "starting flower-supernode" if self._explicit_superlink()
+                  else "joining the fleet server's federation")
         try:
             argv = self._command()
             child = ManagedProcess("supernode", argv, env=self._env, log_path=self.log_path,

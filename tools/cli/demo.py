@@ -21,7 +21,8 @@ def demo_command(workdir: Path | None, keep_running: bool, http_port: int | None
     """Run the demo: train, quantize, bench and predict a model; start a fleet server with
     its embedded broker, release a signed update to an enrolled device, then run three
     agent daemons under live traffic through a staged rollout and a rollout that the
-    output-drift gate stops and rolls back.
+    output-drift gate stops and rolls back, and a federated round on those agents' own
+    labelled data that registers a new model version with its lineage.
     """
     from edgefleet.tools.demo import DemoError, DemoOptions, run_demo
 

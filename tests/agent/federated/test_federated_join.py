@@ -8,6 +8,7 @@ server gave it."""
 from __future__ import annotations
 
 import json
+import socket
 import stat
 import threading
 from collections.abc import Iterator
@@ -131,4 +132,12 @@ def test_join_errors_name_the_cause(tmp_path: Path, server: LiveServer) -> None:
     (state / "enrollment.json").write_text(json.dumps(record))
     with pytest.raises(JoinError, match="unreachable"):
         join_federation(state, key, tmp_path / "w")
+    with socket.socket() as silent:  # the kernel accepts the connection; nobody answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        record["server_url"] = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        (state / "enrollment.json").write_text(json.dumps(record))
+        with pytest.raises(JoinError, match="did not answer the SuperNode key registration "
+                                            "within 1 s"):
+            join_federation(state, key, tmp_path / "w", timeout_s=1.0)
     assert not (tmp_path / "w" / CA_FILE).exists()

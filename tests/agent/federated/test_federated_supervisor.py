@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from edgefleet.agent.daemon.feedback import FeedbackStore
 from edgefleet.agent.federated.config import FederatedConfig, SupervisorPolicy
 from edgefleet.agent.federated.eligibility import State, backoff_s, decide
-from edgefleet.agent.federated.errors import NodeKeyError
+from edgefleet.agent.federated.errors import JoinError, NodeKeyError
+from edgefleet.agent.federated.join import JoinInfo
 from edgefleet.agent.federated.nodekey import ensure_node_key, public_key_path
 from edgefleet.agent.federated.supervisor import PID_FILE, SuperNodeSupervisor
 from edgefleet.agent.runtime import ModelRunner
@@ -147,6 +148,46 @@ def test_configured_off_never_starts_a_child(make: Callable[..., SuperNodeSuperv
     sup = make(SLEEPER, config=replace(CONFIG, enabled=False))
     assert sup.tick() is State.OFF and sup.pid is None and sup.dataset is None
     assert sup.status()["reason"] == "federated training is configured off"
+
+
+def test_health_says_starting_while_the_device_joins_or_launches(
+    tmp_path: Path, store: FeedbackStore, runner: ModelRunner
+) -> None:
+    # Joining can take tens of seconds (the server starting its SuperLink): the status
+    # says so meanwhile, not "ineligible" with the reason from before the data came.
+    predict_and_label(store, runner, 6)
+    seen: list[dict[str, object]] = []
+
+    def joiner(pem: bytes) -> JoinInfo:
+        seen.append(sup.status())
+        raise JoinError("the fleet server at http://127.0.0.1:9 did not answer the "
+                        "SuperNode key registration within 30 s")
+
+    sup = SuperNodeSupervisor(replace(CONFIG, superlink=""), store=store,
+                              work_dir=tmp_path / "join", policy=POLICY, env=os.environ,
+                              load_per_cpu=lambda: 0.1, clock=Clock(),
+                              rng=random.Random(0), joiner=joiner)
+    try:
+        assert sup.tick() is State.BACKOFF
+        assert "did not answer the SuperNode key registration" in sup.status()["reason"]
+    finally:
+        sup.stop()
+    assert [(s["state"], s["reason"]) for s in seen] == [
+        ("starting", "joining the fleet server's federation")]
+
+    def command() -> list[str]:
+        seen.append(explicit.status())
+        return list(SLEEPER)
+
+    explicit = SuperNodeSupervisor(replace(CONFIG, ca_cert=tmp_path / "ca.pem"), store=store,
+                                   work_dir=tmp_path / "explicit", policy=POLICY,
+                                   command=command, env=os.environ, load_per_cpu=lambda: 0.1,
+                                   clock=Clock(), rng=random.Random(0))
+    try:
+        assert explicit.tick() is State.RUNNING
+    finally:
+        explicit.stop()
+    assert (seen[-1]["state"], seen[-1]["reason"]) == ("starting", "starting flower-supernode")
 
 
 def test_a_dying_child_is_restarted_with_exponential_backoff(
