@@ -40,6 +40,10 @@ class SupervisorPolicy:
     jitter: float = 0.5  # each delay is scaled by a random factor in [1 - jitter, 1]
     stable_after_s: float = 60.0  # a child that ran this long resets the backoff
     stop_grace_s: float = 10.0  # SIGTERM to the process group, SIGKILL after this
+    # flower-supernode --max-wait-time: a node that cannot reach the SuperLink this long
+    # exits, and (joining the fleet server's federation) the next start joins again with
+    # the server's current address and CA.
+    reconnect_timeout_s: float = 300.0
     # A running node is stopped as busy only above max_load_per_cpu * this (hysteresis:
     # its own training raises the load, which must not stop it at once).
     running_load_factor: float = 1.5

@@ -254,6 +254,7 @@ class SuperNodeSupervisor:
             "--node-config", format_node_config(node_config),
             "--root-certificates", str(ca_cert),
             "--auth-supernode-private-key", str(self.node_key.private_key),
+            "--max-wait-time", str(self.policy.reconnect_timeout_s),
         ]
 
     def _explicit_superlink(self) -> bool:

@@ -40,7 +40,7 @@ from edgefleet.federated.flower.appdir import write_app_dir
 from edgefleet.federated.flower.config import ConfigValue
 from edgefleet.federated.flower.control import ControlClient, NodeStatus, RunState
 from edgefleet.federated.flower.errors import ProcessStartError, RunError, SettingsError
-from edgefleet.federated.flower.tls import NodeKey, TlsFiles, make_node_key, make_tls_files
+from edgefleet.federated.flower.tls import NodeKey, TlsFiles, ensure_tls_files, make_node_key
 
 logger = logging.getLogger(__name__)
 
@@ -414,7 +414,9 @@ class SuperNode:
 class Federation:
     """A SuperLink and its SuperNodes under one work directory; a context manager.
 
-    ``tls=True`` generates a private CA and serves the SuperLink over HTTPS;
+    ``tls=True`` serves the SuperLink over HTTPS with a private CA (kept in
+    ``work_dir/tls`` and reused by the next start, see :func:`.tls.ensure_tls_files`);
+    ``port`` (default: a free one) lets a restarted server keep its address;
     ``supernode_auth=True`` (implies TLS) enables SuperNode authentication and registers
     a freshly generated key for every node added.
     """
@@ -426,11 +428,12 @@ class Federation:
         tls: bool = False,
         supernode_auth: bool = False,
         restart: RestartPolicy = RestartPolicy(),
+        port: int | None = None,
     ) -> None:
         self.work_dir = work_dir
         self.restart = restart
-        tls_files = make_tls_files(work_dir / "tls") if (tls or supernode_auth) else None
-        self.superlink = SuperLink(work_dir / "superlink", tls=tls_files,
+        tls_files = ensure_tls_files(work_dir / "tls") if (tls or supernode_auth) else None
+        self.superlink = SuperLink(work_dir / "superlink", port=port, tls=tls_files,
                                    supernode_auth=supernode_auth, restart=restart)
         self.nodes: dict[str, SuperNode] = {}
         self.app_dir = write_app_dir(work_dir / "app")

@@ -2,7 +2,9 @@
 
 * :func:`make_tls_files`: a private CA and a server certificate for the SuperLink (SANs:
   the loopback address and ``localhost``), for ``--ssl-*`` on the SuperLink and
-  ``--root-certificates`` on SuperNodes and the Control API client.
+  ``--root-certificates`` on SuperNodes and the Control API client;
+  :func:`ensure_tls_files` keeps using them across restarts until the server certificate
+  is close to expiry (devices keep trusting the same CA).
 * :func:`make_node_key`: a SuperNode's EC key pair (NIST P-384), private key in OpenSSH
   format (what ``flower-supernode --auth-supernode-private-key`` loads), public key as PEM
   SubjectPublicKeyInfo (what the Control API's ``RegisterNode`` takes).
@@ -89,6 +91,21 @@ def make_tls_files(directory: Path, *, host: str = "127.0.0.1", days: int = 30) 
         ),
     )
     return files
+
+
+def ensure_tls_files(directory: Path, *, host: str = "127.0.0.1", days: int = 365,
+                     renew_within_days: int = 30) -> TlsFiles:
+    """The TLS files in ``directory`` if they are complete and the server certificate is
+    valid for more than ``renew_within_days``; else new ones (:func:`make_tls_files`)."""
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    try:
+        cert = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+        usable = files.ca_cert.is_file() and files.server_key.is_file() and (
+            cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
+            > dt.timedelta(days=renew_within_days))
+    except (OSError, ValueError):
+        usable = False
+    return files if usable else make_tls_files(directory, host=host, days=days)
 
 
 def make_node_key(path: Path) -> NodeKey:

@@ -7,9 +7,11 @@ server. It is the only place in the server that talks to Flower's Control API.
 
 A crashed SuperLink is restarted by the ``Federation`` supervisor on the same port with
 the same TLS files and state database: the join information stays valid, registrations
-survive and SuperNodes reconnect on their own. :meth:`FederationManager.generation`
-tells the job runner that the process was replaced (its runs in flight are then ended
-and resumed from the last registry checkpoint).
+survive and SuperNodes reconnect on their own. A restarted *server* starts its SuperLink
+on the port of the last start (``superlink.port`` in the work dir) with the same CA
+(renewed only within 30 days of expiry), so the same holds across server restarts.
+:meth:`FederationManager.generation` tells the job runner that the process was
+replaced (its runs in flight are then ended and resumed from the last registry checkpoint).
 
 What a device needs to join: the SuperLink's fleet address and the CA certificate
 (:meth:`FederationManager.join_info`), plus its own key registered through
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,6 +42,18 @@ from edgefleet.fleet_server.fljobs.errors import FederationUnavailable, JobConfl
 logger = logging.getLogger(__name__)
 
 ConfigValue = bool | int | float | str
+PORT_FILE = "superlink.port"  # in the work dir: the port of the last start
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as servers bind: connections of the last run in TIME_WAIT do not block it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class FederationManager:
@@ -74,11 +89,7 @@ class FederationManager:
                     raise FederationUnavailable(
                         f"federated training needs edgefleet[federated] (flwr): {e}") from e
                 self.work_dir.mkdir(parents=True, exist_ok=True)
-                try:
-                    federation = Federation(self.work_dir, supernode_auth=True)
-                    federation.start()
-                except (FlowerRuntimeError, OSError) as e:
-                    raise FederationUnavailable(f"cannot start the SuperLink: {e}") from e
+                federation = self._start(Federation, FlowerRuntimeError)
                 logger.info("SuperLink started at %s", federation.superlink.address)
                 self._federation = federation
                 self._starts += 1
@@ -91,6 +102,27 @@ class FederationManager:
                     except Exception:  # the SuperLink itself is usable
                         logger.exception("SuperLink start hook failed")
             return self._federation
+
+    def _start(self, federation_cls: Any, flower_error: type[Exception]) -> Any:
+        """Start on the port of the last start (``superlink.port``) so SuperNodes that
+        joined before a server restart reconnect on their own (same CA, see
+        ``ensure_tls_files``); on a new free port when that one is taken."""
+        port_file = self.work_dir / PORT_FILE
+        try:
+            remembered: int | None = int(port_file.read_text().strip())
+        except (OSError, ValueError):
+            remembered = None
+        if remembered is not None and not _port_free(remembered):
+            logger.warning("SuperLink port %d is taken; starting on a new one (devices join "
+                           "again)", remembered)
+            remembered = None
+        try:
+            federation = federation_cls(self.work_dir, supernode_auth=True, port=remembered)
+            federation.start()
+        except (flower_error, OSError) as e:
+            raise FederationUnavailable(f"cannot start the SuperLink: {e}") from e
+        port_file.write_text(f"{federation.superlink.port}\n")
+        return federation
 
     def generation(self) -> tuple[int, int] | None:
         """Which SuperLink process is current: (starts by this manager, restarts of it by

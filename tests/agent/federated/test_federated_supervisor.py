@@ -324,3 +324,5 @@ def test_the_flower_command_uses_tls_node_auth_and_the_dataset(
     assert f"data-path='{tmp_path / 'fl' / 'dataset.npz'}'" in node_config
     assert "min-examples=5" in node_config and "holdout-fraction=0.2" in node_config
     assert "--insecure" not in argv
+    # a SuperLink unreachable this long ends the node; the next start joins again
+    assert float(argv[argv.index("--max-wait-time") + 1]) == 300.0
