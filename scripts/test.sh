@@ -11,7 +11,7 @@ echo "== mypy"
 .venv/bin/mypy agent fleet_server federated tools
 echo "== pytest"
 set +e
-.venv/bin/python -m pytest --durations=25 "$@"
+.venv/bin/python -m pytest -n "${EDGEFLEET_TEST_WORKERS:-2}" --dist loadfile --durations=25 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -15,6 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The suite runs on two pytest-xdist workers on a 2-core machine next to real brokers,
+# runtimes and Flower processes: example generation and single examples are sometimes
+# slow for reasons that have nothing to do with the code under test. Properties still
+# run every example; only the wall-clock health check and per-example deadline are off.
+settings.register_profile("edgefleet", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("edgefleet")
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/bin/mosquitto")
 
