@@ -353,7 +353,9 @@ class FlJobService:
         return int(new["id"])
 
     def recover(self) -> None:
-        """Once per service: queue the jobs a restart left queued or running."""
+        """Once per service: queue the jobs a restart left queued or running, and start
+        the SuperLink (in the background) when devices have registered nodes, so their
+        SuperNodes reconnect to it without waiting for the next job or join."""
         with self._lock:
             if self._recovered:
                 return
@@ -363,6 +365,16 @@ class FlJobService:
             [JobStatus.QUEUED.value, JobStatus.RUNNING.value]).fetchall()
         for (job_id,) in rows:
             self.enqueue(int(job_id))
+        registered = self.store.db.execute("SELECT 1 FROM fl_nodes LIMIT 1").fetchone()
+        if registered is not None and not self.federation.started:
+            threading.Thread(target=self._start_federation, name="fljobs-superlink",
+                             daemon=True).start()
+
+    def _start_federation(self) -> None:
+        try:
+            self.federation.federation()
+        except FederationUnavailable as e:
+            logger.warning("the SuperLink did not start for the registered devices: %s", e)
 
     # -- the worker --------------------------------------------------------------------
 

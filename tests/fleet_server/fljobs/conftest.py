@@ -149,6 +149,7 @@ class FakeFederation:
         self.stopped: list[int] = []
         self._ids = itertools.count(101)
         self._states: dict[int, RunState] = {}
+        self.started = True  # as FederationManager.started: the "SuperLink" runs
 
     def online_node_ids(self) -> set[int]:
         return set(self.node_ids)
