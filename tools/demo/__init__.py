@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from edgefleet.tools.demo.core import Demo, DemoError, DemoOptions, Say, free_port
-from edgefleet.tools.demo.federated import federated_steps
+from edgefleet.tools.demo.federated import federated_data_steps, federated_steps
 from edgefleet.tools.demo.fleet import agent_fleet, fleet_release_steps
 from edgefleet.tools.demo.models import model_steps
 from edgefleet.tools.demo.rollouts import rollout_steps
@@ -44,8 +44,9 @@ def run_demo(options: DemoOptions, say: Say) -> Path:
         fleet_steps(demo, server_dir, models)
         releases = fleet_release_steps(demo, server_dir, models)
         with agent_fleet(demo, releases) as fleet:
+            fl_data = federated_data_steps(demo, fleet)
             rollout_steps(demo, fleet, releases)
-            federated_steps(demo, fleet)
+            federated_steps(demo, fleet, fl_data)
             audit_step(demo)
             if options.keep_running:
                 say(f"\nThe fleet server keeps running at {demo.api_url} (API tokens in "

@@ -52,27 +52,35 @@ class FlData:
     base_accuracy: float
 
 
-def federated_steps(demo: Demo, fleet: Fleet) -> dict[str, Any]:
-    """The federated round on the running agents; returns the finished job."""
-    demo.step("Federated training on the devices: a base model that can be trained on them")
-    # Training shares the small machine with the devices' traffic: slow it to a trickle.
-    fleet.load_pause_s = TRAINING_LOAD_PAUSE_S
-    demo.show(f"(the load generator slows down to one batch per agent every "
-              f"{TRAINING_LOAD_PAUSE_S:.0f} s while the devices train)")
+def federated_data_steps(demo: Demo, fleet: Fleet) -> FlData:
+    """Register the base model and let each device's application label its own digits.
+
+    Runs before the rollouts: from then on the agents export that feedback, register their
+    SuperNode keys and start their SuperNodes on their own, while the rollouts run.
+    """
+    demo.step("For federated training later: a base model that can be trained on the devices")
     data = _prepare(demo, len(fleet.agents))
     demo.cli("model", "push", str(data.base_model), "--name", FL_MODEL, "--version",
              FL_BASE_VERSION, "--metadata", str(data.base_model.with_suffix(".json")),
              env=demo.cli_env)
 
     demo.step("Each device's application labels what it asked about: local, non-IID data "
-              "that never leaves the device")
+              "that never leaves the device (the agents join the federation meanwhile)")
     for i, agent in enumerate(fleet.agents):
         x, y, group = data.device_x[i], data.device_y[i], NODE_CLASS_GROUPS[i]
         _label(agent, x, y)
         share = float(np.isin(y, group).mean())
         demo.show(f"{agent.name}: {len(y)} digits labelled through POST /v1/predict + "
                   f"/v1/feedback, {share:.0%} of them {', '.join(map(str, group))}")
+    return data
 
+
+def federated_steps(demo: Demo, fleet: Fleet, data: FlData) -> dict[str, Any]:
+    """The federated round on the running agents; returns the finished job."""
+    # Training shares the small machine with the devices' traffic: slow it to a trickle.
+    fleet.load_pause_s = TRAINING_LOAD_PAUSE_S
+    demo.show(f"(the load generator slows down to one batch per agent every "
+              f"{TRAINING_LOAD_PAUSE_S:.0f} s while the devices train)")
     demo.step("The agents export their feedback, register their SuperNode keys with the "
               "fleet server and start their SuperNodes")
     nodes = _wait_for_nodes(demo, fleet)
