@@ -95,6 +95,7 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerEndpoi
                 f"listener {port} 127.0.0.1",
                 "allow_anonymous true",
                 "max_queued_messages 0",
+                "max_inflight_messages 1000",
                 "persistence false",
                 f"log_dest file {workdir / 'mosquitto.log'}",
                 "",

@@ -10,6 +10,10 @@ Rules:
 * A fresh paho client per connection attempt with ``reconnect_on_failure=False``: paho
   never reconnects or re-sends on its own, so the outbox is the only source of resends
   and each connection carries its own last will (which names its own ``bd``).
+* The client is :class:`~edgefleet.agent.telemetry.transport.FastClient` (buffered reads:
+  a PUBACK costs no system call of its own) with paho's in-flight limit off: the caller
+  bounds what is in flight (the client's window), and paho's limit rescans every
+  unacknowledged message on each PUBACK.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edgefleet.agent.telemetry.errors import BrokerConfigError, TelemetryError
+from edgefleet.agent.telemetry.transport import FastClient
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +123,9 @@ class MqttConnection:
 
     ``on_ack(mid)`` runs on PUBACK of a QoS 1 publish, ``on_message(topic, payload)``
     for inbound messages, ``on_down()`` once when the connection ends. They run on
-    paho's network thread and must only hand data on.
+    paho's network thread and must only hand data on. The caller keeps the number of
+    unacknowledged publishes bounded (``max_inflight`` is accepted for compatibility and
+    not enforced here; see the module docstring).
     """
 
     def __init__(
@@ -140,7 +147,7 @@ class MqttConnection:
         self._down = threading.Event()
         self._refusal: str | None = None
         v5 = broker.protocol is Protocol.V5
-        self._client = paho.Client(
+        self._client = FastClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=None if v5 else True,
@@ -153,7 +160,7 @@ class MqttConnection:
             self._client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=1, retain=will.retain)
-        self._client.max_inflight_messages_set(max_inflight)
+        self._client.max_inflight_messages_set(0)  # bounded by the caller
         self._client.on_connect = self._cb_connect
         self._client.on_disconnect = self._cb_disconnect
         self._client.on_connect_fail = self._cb_connect_fail
@@ -211,7 +218,7 @@ class MqttConnection:
 
     def socket(self) -> socket.socket | None:
         """The underlying socket (fault-injection tests shut it down to fake a crash)."""
-        sock = self._client.socket()
+        sock = self._client.raw_socket()
         return sock if isinstance(sock, socket.socket) else None
 
     def close(self, final: Will | None = None, timeout_s: float = 2.0) -> None:

@@ -105,32 +105,43 @@ class Events:
 Body = Birth | StatusBody | Heartbeat | Predictions | Drift | Events
 
 
-def _name(value: object, what: str) -> str:
+# The helpers take ``what`` as a %-format and its ``args``: the name of the checked field
+# is only formatted when the check fails (validation runs for every message).
+
+
+def _what(what: str, args: tuple[object, ...]) -> str:
+    return what % args if args else what
+
+
+def _name(value: object, what: str, *args: object) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME_CHARS:
-        raise BodyError(f"{what} must be a string of 1-{MAX_NAME_CHARS} characters")
+        raise BodyError(f"{_what(what, args)} must be a string of 1-{MAX_NAME_CHARS} characters")
     if not value.isprintable():
-        raise BodyError(f"{what} must be printable")
+        raise BodyError(f"{_what(what, args)} must be printable")
     return value
 
 
-def _number(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BodyError(f"{what} must be a number")
+def _number(value: object, what: str, *args: object) -> float:
+    if type(value) is float or type(value) is int:  # the JSON cases
+        if 0 <= value <= MAX_NUMBER:  # NaN fails the comparison
+            return float(value)
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise BodyError(f"{_what(what, args)} must be a number")
     out = float(value)
     if not math.isfinite(out) or not 0 <= out <= MAX_NUMBER:
-        raise BodyError(f"{what} must be a finite number in [0, {MAX_NUMBER:g}]")
+        raise BodyError(f"{_what(what, args)} must be a finite number in [0, {MAX_NUMBER:g}]")
     return out
 
 
-def _count(value: object, what: str) -> int:
+def _count(value: object, what: str, *args: object) -> int:
     if type(value) is not int or not 0 <= value <= 2**63 - 1:
-        raise BodyError(f"{what} must be a non-negative integer")
+        raise BodyError(f"{_what(what, args)} must be a non-negative integer")
     return value
 
 
-def _object(value: object, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise BodyError(f"{what} must be a JSON object")
+def _object(value: object, what: str, *args: object) -> Mapping[str, Any]:
+    if type(value) is not dict and not isinstance(value, dict):
+        raise BodyError(f"{_what(what, args)} must be a JSON object")
     return value
 
 
@@ -138,7 +149,7 @@ def _name_map(value: object, what: str) -> dict[str, str]:
     mapping = _object(value, what)
     if len(mapping) > MAX_MODELS:
         raise BodyError(f"{what} has more than {MAX_MODELS} entries")
-    return {_name(k, f"{what} key"): _name(v, f"{what}[{k!r}]") for k, v in mapping.items()}
+    return {_name(k, "%s key", what): _name(v, "%s[%r]", what, k) for k, v in mapping.items()}
 
 
 def birth(body: Mapping[str, Any]) -> Birth:
@@ -163,16 +174,16 @@ def status(body: Mapping[str, Any]) -> StatusBody:
 def _percentiles(stats: Mapping[str, Any], what: str) -> tuple[float | None, float | None]:
     p50 = p95 = None
     if stats.get("latency_ms") is not None:
-        lat = _object(stats["latency_ms"], f"{what} latency_ms")
+        lat = _object(stats["latency_ms"], "%s latency_ms", what)
         if lat.get("p50") is not None:
-            p50 = _number(lat["p50"], f"{what} latency p50")
+            p50 = _number(lat["p50"], "%s latency p50", what)
         if lat.get("p95") is not None:
-            p95 = _number(lat["p95"], f"{what} latency p95")
+            p95 = _number(lat["p95"], "%s latency p95", what)
     return p50, p95
 
 
 def _optional_count(stats: Mapping[str, Any], key: str, what: str) -> int | None:
-    return _count(stats[key], f"{what} {key}") if stats.get(key) is not None else None
+    return _count(stats[key], "%s %s", what, key) if stats.get(key) is not None else None
 
 
 def _agreeing(total: int | None, part: int | None, what: str) -> None:
@@ -182,7 +193,7 @@ def _agreeing(total: int | None, part: int | None, what: str) -> None:
 
 def _shadow(value: object, what: str) -> ShadowStats:
     shadow = _object(value, what)
-    version = _name(shadow.get("version"), f"{what} version")
+    version = _name(shadow.get("version"), "%s version", what)
     compared = _optional_count(shadow, "compared", what)
     agreed = _optional_count(shadow, "agreed", what)
     _agreeing(compared, agreed, f"{what} agreed")
@@ -192,7 +203,7 @@ def _shadow(value: object, what: str) -> ShadowStats:
 
 def _model(model: str, value: object) -> tuple[ModelLatency, ModelStats | None]:
     what = f"heartbeat {model}"
-    stats = _object(value, f"heartbeat models[{model!r}]")
+    stats = _object(value, "heartbeat models[%r]", model)
     predictions = _optional_count(stats, "predictions", what)
     for key in ("errors", "sampled"):
         _optional_count(stats, key, what)
@@ -208,7 +219,7 @@ def _model(model: str, value: object) -> tuple[ModelLatency, ModelStats | None]:
         if stats.get("shadow") is not None else None
     if stats.get("version") is None:
         return latency, None
-    version = _name(stats["version"], f"{what} version")
+    version = _name(stats["version"], "%s version", what)
     return latency, ModelStats(model, version, predictions, p50, p95, labeled, correct, shadow)
 
 
@@ -216,11 +227,11 @@ def heartbeat(body: Mapping[str, Any]) -> Heartbeat:
     _number(body.get("uptime_s"), "heartbeat uptime_s")
     for key in ("rss_bytes", "cpu_percent"):
         if body.get(key) is not None:
-            _number(body[key], f"heartbeat {key}")
+            _number(body[key], "heartbeat %s", key)
     for key in ("outbox", "inbound"):
         if key in body:
-            for name, value in _object(body[key], f"heartbeat {key}").items():
-                _count(value, f"heartbeat {key}.{name}")
+            for name, value in _object(body[key], "heartbeat %s", key).items():
+                _count(value, "heartbeat %s.%s", key, name)
     latency: list[ModelLatency] = []
     stats: list[ModelStats] = []
     if "models" in body:
@@ -242,9 +253,9 @@ def predictions(body: Mapping[str, Any]) -> Predictions:
     if not isinstance(records, list) or not 1 <= len(records) <= MAX_RECORDS:
         raise BodyError(f"predictions records must be a list of 1-{MAX_RECORDS} objects")
     for i, record in enumerate(records):
-        rec = _object(record, f"predictions records[{i}]")
+        rec = _object(record, "predictions records[%d]", i)
         if "ts" in rec:
-            _number(rec["ts"], f"predictions records[{i}].ts")
+            _number(rec["ts"], "predictions records[%d].ts", i)
     return Predictions(model, version, tuple(records))
 
 
@@ -280,9 +291,9 @@ def events(body: Mapping[str, Any]) -> Events:
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_EVENTS:
         raise BodyError(f"events must be a list of 1-{MAX_EVENTS} objects")
     for i, item in enumerate(items):
-        event = _object(item, f"events[{i}]")
-        _name(event.get("kind"), f"events[{i}].kind")
-        _number(event.get("ts"), f"events[{i}].ts")
+        event = _object(item, "events[%d]", i)
+        _name(event.get("kind"), "events[%d].kind", i)
+        _number(event.get("ts"), "events[%d].ts", i)
     return Events(tuple(items), tuple(e for e in items if is_update_event(e)))
 
 

@@ -17,21 +17,27 @@ transport reported it (only when the updates component's tables exist).
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, cast
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 
 from sqlite_utils import Database
-from sqlite_utils.db import Table
 
-from edgefleet.agent.telemetry.envelope import DEFAULT_MAX_PAYLOAD_BYTES, Envelope, Status
-from edgefleet.fleet_server.ingest import bodies
+from edgefleet.agent.telemetry.envelope import DEFAULT_MAX_PAYLOAD_BYTES
+from edgefleet.fleet_server.ingest.apply import (
+    SEQ_UPSERT,
+    BatchApply,
+    InventoryHook,
+    Presence,
+    copy_presence,
+    load_presence,
+    load_seq_states,
+    seq_rows,
+)
 from edgefleet.fleet_server.ingest.bodies import ReferenceLookup
 from edgefleet.fleet_server.ingest.errors import IngestConfigError
 from edgefleet.fleet_server.ingest.pipeline import (
@@ -49,8 +55,9 @@ from edgefleet.fleet_server.updates.events import STATUS_TABLE, UpdateEvents
 log = logging.getLogger(__name__)
 
 Ack = Callable[[], None]
-#: Called (inside the batch transaction) with a device id and its birth body.
-InventoryHook = Callable[[str, Mapping[str, Any]], None]
+
+#: Messages validated between two voluntary GIL hand-overs of the writer thread.
+_YIELD_EVERY = 50
 
 COUNTER_NAMES = ("received", "accepted", "duplicates", "ignored", "dropped_queue_full",
                  "write_failed", "batches")
@@ -64,7 +71,7 @@ class IngestConfig:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     batch_max_messages: int = 500
     batch_max_delay_s: float = 0.2
-    idle_flush_s: float = 0.005
+    idle_flush_s: float = 0.002
     queue_size: int = 100_000
     predictions_keep_per_device: int = 1000
     log_interval_s: float = 10.0
@@ -104,19 +111,11 @@ class RateLimitedLog:
         return True
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     topic: str
     payload: bytes
     ack: Ack | None
-
-
-@dataclass
-class _Batch:
-    """What one batch changes, built before the transaction."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-    acks: list[Ack] = field(default_factory=list)
 
 
 class Ingester:
@@ -129,10 +128,17 @@ class Ingester:
         self.config = config or IngestConfig()
         self._reference = reference
         self._on_inventory = on_inventory
-        self._queue: queue.Queue[_Item] = queue.Queue(self.config.queue_size)
+        # SimpleQueue (C, lock-free for the producer) bounded by hand: queue.Queue's
+        # Python-level conditions cost a lock handoff between the threads per message.
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        #: Called on the writer thread after each batch's acks (the subscriber sends the
+        #: PUBACKs the acks collected, as one write).
+        self.after_acks: Callable[[], None] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._seq: dict[str, SeqState] = {}
+        self._seq: dict[str, SeqState] = {}  # committed dedup state of seen devices
+        self._presence: dict[str, Presence] = {}  # committed presence of seen devices
+        self._accepted = 0  # accepted messages committed by this ingester
         self._lock = threading.Lock()
         self._live: Counter[str] = Counter()  # counted here, not yet in the database
         self._processed = 0
@@ -145,17 +151,21 @@ class Ingester:
         """Queue one message; never raises. False when it had to be dropped (queue full
         for a second, or stopping): it is then not acknowledged."""
         try:
-            item = _Item(topic, bytes(payload), ack)
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(item, timeout=1.0)
-                    return True
-                except queue.Full:
-                    with self._lock:
-                        self._live["dropped_queue_full"] += 1
-                    self._rlog.warning("queue_full", "ingest queue full: message dropped")
-                    return False
-            return False
+            if self._stop.is_set():
+                return False
+            if self._queue.qsize() >= self.config.queue_size:
+                deadline = time.monotonic() + 1.0
+                while self._queue.qsize() >= self.config.queue_size:
+                    if self._stop.is_set():
+                        return False
+                    if time.monotonic() >= deadline:
+                        with self._lock:
+                            self._live["dropped_queue_full"] += 1
+                        self._rlog.warning("queue_full", "ingest queue full: message dropped")
+                        return False
+                    time.sleep(0.005)
+            self._queue.put(_Item(topic, bytes(payload), ack))
+            return True
         except Exception:  # never raise into paho
             log.exception("ingest submit failed")
             return False
@@ -182,6 +192,12 @@ class Ingester:
     def processed(self) -> int:
         """Messages taken from the queue and committed (or given up) so far."""
         return self._processed
+
+    @property
+    def accepted(self) -> int:
+        """Messages accepted (valid and new) and committed since this ingester started:
+        an in-memory count, cheap to poll (``ingest_stats`` has the persisted totals)."""
+        return self._accepted
 
     def wait_idle(self, timeout_s: float = 30.0, settle_s: float = 0.3) -> bool:
         """Block until nothing was processed for ``settle_s`` and the queue is empty."""
@@ -229,8 +245,14 @@ class Ingester:
             self._processed += len(batch)
 
     def _process(self, items: list[_Item]) -> None:
-        outcomes = [classify(i.topic, i.payload, self._reference,
-                             max_payload_bytes=self.config.max_payload_bytes) for i in items]
+        outcomes: list[Outcome] = []
+        for n, item in enumerate(items, 1):
+            outcomes.append(classify(item.topic, item.payload, self._reference,
+                                     max_payload_bytes=self.config.max_payload_bytes))
+            if n % _YIELD_EVERY == 0:
+                # Hand the GIL over: the network threads (paho, an in-process broker)
+                # would otherwise wait up to the switch interval (5 ms) per system call.
+                time.sleep(0)
         written = False
         for attempt in range(1, self.config.write_retries + 1):
             try:
@@ -248,6 +270,11 @@ class Ingester:
                     item.ack()
                 except Exception:
                     self._rlog.warning("ack", "acknowledging a message failed")
+        if self.after_acks is not None:
+            try:
+                self.after_acks()
+            except Exception:
+                self._rlog.warning("ack", "sending acknowledgements failed")
 
     def _log_rejection(self, outcome: Rejected) -> None:
         self._rlog.warning(f"rejected.{outcome.reason.value}",
@@ -269,10 +296,11 @@ class Ingester:
                     log.error("ingest validator failed: %s", outcome.detail)
             elif isinstance(outcome, Ignored):
                 counts["ignored"] += 1
+        devices = {a.envelope.device for a in accepted}
         try:
             now = utcnow()
             with self.store.transaction() as db:
-                states = self._states(db, {a.envelope.device for a in accepted})
+                states = self._states(db, devices)
                 new: list[Accepted] = []
                 for a in accepted:
                     env = a.envelope
@@ -284,17 +312,20 @@ class Ingester:
                     else:
                         counts["duplicates"] += 1
                 counts["accepted"] += len(new)
-                _Apply(db, now, self.config, self._on_inventory,
-                       self._update_events(db)).run(new)
-                for device, state in states.items():
-                    _upsert(db, "ingest_seq", {"device_id": device, **state.to_row()},
-                            ("device_id",))
+                presence = self._presence_of(db, {a.envelope.device for a in new})
+                BatchApply(db, now, presence,
+                           predictions_keep_per_device=self.config.predictions_keep_per_device,
+                           on_inventory=self._on_inventory,
+                           update_events=self._update_events(db)).run(new)
+                db.conn.executemany(SEQ_UPSERT, seq_rows(states))
                 _add_counters(db, counts)
         except BaseException:
             with self._lock:
                 self._live.update(live)  # not persisted: keep for the next batch
             raise
+        self._presence.update(presence)
         self._seq.update(states)
+        self._accepted += counts["accepted"]
         for outcome in outcomes:
             if isinstance(outcome, Rejected):
                 self._log_rejection(outcome)
@@ -313,203 +344,22 @@ class Ingester:
         except Exception:
             log.exception("ingest counters not persisted")
 
-    def _states(self, db: Database, devices: Iterable[str]) -> dict[str, SeqState]:
+    def _states(self, db: Database, devices: Collection[str]) -> dict[str, SeqState]:
         """Working copies of the known devices' dedup states (kept after a commit)."""
-        out: dict[str, SeqState] = {}
-        for device in devices:
-            state = self._seq.get(device)
-            if state is None:
-                rows = list(db["ingest_seq"].rows_where("device_id = ?", [device]))
-                state = SeqState.from_row(rows[0]) if rows else None
-            if state is not None:
-                out[device] = state.copy()
-        return out
+        missing = [d for d in devices if d not in self._seq]
+        if missing:
+            self._seq.update(load_seq_states(db, missing))
+        return {d: self._seq[d].copy() for d in devices if d in self._seq}
 
-
-def _table(db: Database, name: str) -> Table:
-    return cast(Table, db[name])
-
-
-def _upsert(db: Database, table: str, row: Mapping[str, Any], pk: tuple[str, ...]) -> None:
-    """INSERT or UPDATE every column (sqlite-utils' upsert silently skips new rows of
-    tables with NOT NULL columns). Table and column names are this module's constants."""
-    cols = list(row)
-    names = ", ".join(f'"{c}"' for c in cols)
-    marks = ", ".join("?" for _ in cols)
-    updates = ", ".join(f'"{c}" = excluded."{c}"' for c in cols if c not in pk)
-    sql = (f'INSERT INTO "{table}" ({names}) VALUES ({marks}) '  # noqa: S608 (constants)
-           f"ON CONFLICT ({', '.join(pk)}) DO UPDATE SET {updates}")
-    db.execute(sql, [row[c] for c in cols])
+    def _presence_of(self, db: Database, devices: Collection[str]) -> dict[str, Presence]:
+        """Working copies of the known devices' presence (kept after a commit)."""
+        missing = [d for d in devices if d not in self._presence]
+        if missing:
+            self._presence.update(load_presence(db, missing))
+        return copy_presence(self._presence, devices)
 
 
 def _add_counters(db: Database, counts: Mapping[str, int]) -> None:
-    for name, value in counts.items():
-        if value:
-            db.execute("INSERT INTO ingest_counters(name, value) VALUES (?, ?) "
-                       "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                       [name, int(value)])
-
-
-def _status_key(bd: int, seq: int, state: Status) -> tuple[int, int, int]:
-    return (bd, 1 if state is Status.OFFLINE else 0, seq)
-
-
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-class _Apply:
-    """Writes the accepted, new messages of one batch (inside its transaction)."""
-
-    def __init__(self, db: Database, now: str, config: IngestConfig,
-                 on_inventory: InventoryHook | None,
-                 update_events: UpdateEvents | None = None) -> None:
-        self.db = db
-        self.now = now
-        self.config = config
-        self.on_inventory = on_inventory
-        self.update_events = update_events
-        self.model_stats: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.updates: dict[str, list[Mapping[str, Any]]] = {}
-        self.presence: dict[str, dict[str, Any]] = {}
-        self.predictions: list[dict[str, Any]] = []
-        self.latency: dict[tuple[str, str], dict[str, Any]] = {}
-        self.heartbeats: dict[str, Mapping[str, Any]] = {}
-        self.prediction_devices: set[str] = set()
-
-    def run(self, messages: list[Accepted]) -> None:
-        for message in messages:
-            self._one(message.envelope, message.body)
-        if self.predictions:
-            _table(self.db, "ingest_predictions").insert_all(self.predictions)
-            keep = self.config.predictions_keep_per_device
-            for device in self.prediction_devices:
-                self.db.execute(
-                    "DELETE FROM ingest_predictions WHERE device_id = ? AND id <= "
-                    "(SELECT id FROM ingest_predictions WHERE device_id = ? "
-                    "ORDER BY id DESC LIMIT 1 OFFSET ?)", [device, device, keep])
-        for device, heartbeat in self.heartbeats.items():
-            self.presence[device]["heartbeat"] = _dumps(heartbeat)
-        for row in self.presence.values():
-            _upsert(self.db, "ingest_presence", row, ("device_id",))
-        for latency in self.latency.values():
-            _upsert(self.db, "ingest_latency", latency, ("device_id", "model"))
-        if self.model_stats:
-            rows = list(self.model_stats.values())
-            self.db.conn.executemany(_MODEL_STATS_UPSERT, [[r[c] for c in _MODEL_STATS_COLUMNS]
-                                                           for r in rows])
-        if self.update_events is not None:
-            for device, events in self.updates.items():
-                self._forward(self.update_events, device, events)
-
-    def _forward(self, update_events: UpdateEvents, device: str,
-                 events: list[Mapping[str, Any]]) -> None:
-        """Hand a device's update events to the updates component, in device-clock order
-        within the batch (outbox replays come late). A failure there is logged and
-        undone (savepoint): it must not cost the batch its telemetry."""
-        self.db.execute("SAVEPOINT forward_update_events")
-        try:
-            update_events.record(device, sorted(events, key=lambda e: e["ts"]))
-        except Exception:
-            self.db.execute("ROLLBACK TO forward_update_events")
-            log.exception("update events of %s not recorded", device)
-        self.db.execute("RELEASE forward_update_events")
-
-    def _presence(self, device: str) -> dict[str, Any]:
-        row = self.presence.get(device)
-        if row is None:
-            rows = list(self.db["ingest_presence"].rows_where("device_id = ?", [device]))
-            row = rows[0] if rows else {"device_id": device, "state": None, "state_bd": None,
-                                        "state_seq": None, "state_changed_at": None,
-                                        "inventory": None, "birth_at": None,
-                                        "heartbeat": None, "heartbeat_at": None,
-                                        "heartbeat_ts": None}
-            self.presence[device] = row
-        return row
-
-    def _one(self, env: Envelope, body: bodies.Body) -> None:
-        device = env.device
-        row = self._presence(device)
-        row["last_seen_at"] = self.now
-        row["last_seen_ts"] = max(env.ts, row.get("last_seen_ts") or 0.0)
-        if isinstance(body, bodies.StatusBody):
-            # Ordered by bd; within one connection (bd) its offline is final: the client
-            # builds the offline (its last will) before the online, so its seq is lower.
-            if row["state_bd"] is None or _status_key(env.bd, env.seq, body.state) > \
-                    _status_key(row["state_bd"], row["state_seq"], Status(row["state"])):
-                if row["state"] != body.state.value:
-                    row["state_changed_at"] = self.now
-                row.update(state=body.state.value, state_bd=env.bd, state_seq=env.seq)
-        elif isinstance(body, bodies.Birth):
-            row.update(inventory=_dumps(body.inventory), birth_at=self.now)
-            if row["state"] is None:
-                row.update(state=Status.ONLINE.value, state_changed_at=self.now)
-            if self.on_inventory is not None:
-                try:
-                    self.on_inventory(device, body.inventory)
-                except Exception:
-                    log.exception("inventory update failed for %s", device)
-        elif isinstance(body, bodies.Heartbeat):
-            if row["heartbeat_ts"] is None or env.ts >= row["heartbeat_ts"]:
-                self.heartbeats[device] = body.body  # serialized once per batch
-                row.update(heartbeat_at=self.now, heartbeat_ts=env.ts)
-                for lat in body.latency:
-                    self.latency[(device, lat.model)] = {
-                        "device_id": device, "model": lat.model,
-                        "predictions": lat.predictions, "p50_ms": lat.p50_ms,
-                        "p95_ms": lat.p95_ms, "ts": env.ts, "updated_at": self.now}
-            for stats in body.stats:
-                key = (device, stats.model, stats.version)
-                current = self.model_stats.get(key)
-                if current is None or env.ts >= current["ts"]:
-                    self.model_stats[key] = _model_stats_row(device, stats, env.ts, self.now)
-        elif isinstance(body, bodies.Predictions):
-            self.prediction_devices.add(device)
-            for record in body.records:
-                ts = record.get("ts", env.ts)
-                self.predictions.append({
-                    "device_id": device, "model": body.model, "version": body.version,
-                    "seq": env.seq, "ts": float(ts), "record": _dumps(record),
-                    "received_at": self.now})
-        elif isinstance(body, bodies.Drift):
-            s = body.summary
-            _table(self.db, "drift_windows").insert({
-                "device_id": device, "model": body.model, "version": body.version,
-                "start": s.start_ts, "end": s.end_ts, "n": s.predictions,
-                "summary": _dumps(s.to_dict()), "received_at": self.now})
-        elif isinstance(body, bodies.Events):
-            _table(self.db, "ingest_events").insert_all([{
-                "device_id": device, "seq": env.seq, "ts": float(e["ts"]),
-                "kind": str(e["kind"]), "event": _dumps(e), "received_at": self.now}
-                for e in body.events])
-            if body.update:
-                self.updates.setdefault(device, []).extend(body.update)
-
-
-_MODEL_STATS_COLUMNS = ("device_id", "model", "version", "predictions", "p50_ms", "p95_ms",
-                        "labeled", "correct", "shadow_version", "shadow_compared",
-                        "shadow_agreed", "shadow_p95_ms", "ts", "updated_at")
-_MODEL_STATS_KEY = ("device_id", "model", "version")
-# A row is only replaced by a heartbeat at least as new (device clock): an outbox replay
-# of an old heartbeat must not overwrite newer counters of the same version.
-_MODEL_STATS_UPSERT = (
-    f"INSERT INTO ingest_model_stats ({', '.join(_MODEL_STATS_COLUMNS)}) "  # noqa: S608
-    f"VALUES ({', '.join('?' for _ in _MODEL_STATS_COLUMNS)}) "
-    f"ON CONFLICT ({', '.join(_MODEL_STATS_KEY)}) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _MODEL_STATS_COLUMNS
-                if c not in _MODEL_STATS_KEY)
-    + " WHERE excluded.ts >= ingest_model_stats.ts"
-)
-
-
-def _model_stats_row(device: str, stats: bodies.ModelStats, ts: float,
-                     now: str) -> dict[str, Any]:
-    shadow = stats.shadow
-    return {"device_id": device, "model": stats.model, "version": stats.version,
-            "predictions": stats.predictions, "p50_ms": stats.p50_ms, "p95_ms": stats.p95_ms,
-            "labeled": stats.labeled, "correct": stats.correct,
-            "shadow_version": shadow.version if shadow else None,
-            "shadow_compared": shadow.compared if shadow else None,
-            "shadow_agreed": shadow.agreed if shadow else None,
-            "shadow_p95_ms": shadow.p95_ms if shadow else None,
-            "ts": ts, "updated_at": now}
+    rows = [(name, int(value)) for name, value in counts.items() if value]
+    db.conn.executemany("INSERT INTO ingest_counters(name, value) VALUES (?, ?) "
+                        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", rows)

@@ -88,3 +88,39 @@ def test_rate_limited_log(caplog: pytest.LogCaptureFixture) -> None:
     assert [r.getMessage() for r in caplog.records] == [
         "first", "other key", "later (1 similar suppressed)"]
 
+
+
+def test_a_new_writer_continues_from_the_stored_state(env: Env) -> None:
+    """Presence ordering and dedup state are cached in memory by the writer; a new writer
+    on the same database loads them (in bulk) and applies the same rules."""
+    online, offline = {"state": "online"}, {"state": "offline"}
+    first = Ingester(env.services.store, lookup_for(reference_profile())).start()
+    feed(first, [(Channel.STATUS, online, 2, 10), (Channel.HEARTBEAT, {"uptime_s": 5.0}, 2, 11)])
+    first.stop()
+    second = Ingester(env.services.store, lookup_for(reference_profile())).start()
+    try:
+        # an older connection's offline, a re-sent message and a new one
+        feed(second, [(Channel.STATUS, offline, 1, 3),
+                      (Channel.HEARTBEAT, {"uptime_s": 5.0}, 2, 11),
+                      (Channel.HEARTBEAT, {"uptime_s": 9.0}, 2, 12)])
+        assert state(env) == "online"
+        result = device_telemetry(env.services.store, DEV)
+        assert result is not None
+        assert result["heartbeat"]["body"] == {"uptime_s": 9.0}
+        assert result["sequence"]["duplicates"] == 1 and result["sequence"]["max_seq"] == 12
+        assert second.accepted == 2  # in memory: this writer's committed, accepted messages
+        stats = ingest_stats(env.services.store)
+        assert stats["accepted"] == 4 and stats["duplicates"] == 1
+    finally:
+        second.stop()
+
+
+def test_a_full_queue_drops_and_counts(env: Env) -> None:
+    ing = Ingester(env.services.store, lookup_for(reference_profile()),
+                   config=IngestConfig(queue_size=2))  # not started: nothing is taken
+    body = envelope(Channel.STATUS, DEV, {"state": "online"}, bd=1, seq=1)
+    assert ing.submit(topic(DEV, Channel.STATUS), body)
+    assert ing.submit(topic(DEV, Channel.STATUS), body)
+    assert not ing.submit(topic(DEV, Channel.STATUS), body)  # after waiting a second
+    assert ing.live_counters() == {"dropped_queue_full": 1}
+    assert ing.queue_depth == 2
