@@ -302,7 +302,7 @@ def _bare_run(bench: Bench, rounds: int, name: str) -> Timed:
     init = run_dir / "init.npz"
     np.savez(init, **from_onnx(base).weights())
     config = run_config(spec, model_shape(base), checkpoint_dir=str(run_dir / "ckpt"),
-                        init_weights=str(init), resume=False,
+                        init_weights=str(init),
                         node_ids=list(bench.svc.node_devices()))
     federation = bench.svc.federation.federation()
     with RssSampler(bench.node_pids) as rss:
