@@ -186,6 +186,23 @@ class FleetServer:
             raise ServerError("start() the server first")
         self._http.run()
 
+    def _close_features(self) -> None:
+        """Stop the features' own threads and children (the rollout carrier, the
+        federated-job worker and SuperLink, the drift webhook) before the store closes."""
+        services = self.services
+        if services is None:
+            return
+        from edgefleet.fleet_server.fleetdrift.service import FleetDriftService
+        from edgefleet.fleet_server.fljobs.service import FlJobService
+        from edgefleet.fleet_server.rollouts.service import RolloutService
+
+        for feature in list(services.extras.values()):
+            if isinstance(feature, RolloutService | FlJobService | FleetDriftService):
+                try:
+                    feature.close()
+                except Exception:
+                    log.exception("error while stopping %s", type(feature).__name__)
+
     def stop(self) -> None:
         """Stop everything that was started, in reverse order. Idempotent, never raises."""
         http, self._http = self._http, None
@@ -204,6 +221,7 @@ class FleetServer:
                     part.stop()
                 except Exception:
                     log.exception("error while stopping %s", name.strip("_"))
+        self._close_features()
         store, self._store = self._store, None
         if store is not None:
             store.close()

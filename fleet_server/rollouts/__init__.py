@@ -4,7 +4,8 @@ Modules: ``model`` (the shared vocabulary: states, thresholds, observations, dec
 ``spec`` (what an operator asks for, parsed), ``waves`` (wave sizes and the random device
 order, pure), ``policy`` (gates and the decision, pure), ``observe`` (observations from
 what devices reported), ``abstats`` (significance tests for A/B comparisons, pure),
-``service`` (database state and carrying decisions out), ``experiments`` (A/B tests),
+``service`` (database state and decisions), ``carry`` (signing what decisions imply, in
+batches, outside the lock), ``experiments`` (A/B tests),
 ``api`` (the blueprint),
 ``schema`` (tables). See docs/rollouts.md.
 """

@@ -26,6 +26,7 @@ from typing import Any
 
 from edgefleet.fleet_server.audit import Actor
 from edgefleet.fleet_server.rollouts import abstats
+from edgefleet.fleet_server.rollouts.carry import BATCH_SIZE
 from edgefleet.fleet_server.rollouts.errors import (
     RolloutConflict,
     RolloutInvalid,
@@ -116,13 +117,14 @@ class ExperimentService:
         settings = {"share_a": float(body.get("share_a", 0.5)),
                     "min_samples": int(body.get("min_samples", 100)),
                     "alpha": float(body.get("alpha", 0.05)), "target": body["target"]}
+        devices = select_devices(self._store.db, _selector(body["target"]), seed)
+        try:
+            arm_a, arm_b = split_ab(devices, seed, settings["share_a"])
+        except ValueError as e:
+            raise RolloutInvalid(f"an A/B test needs at least two devices: {e}") from e
         with self._rollouts.lock:
-            devices = select_devices(self._store.db, _selector(body["target"]), seed)
-            try:
-                arm_a, arm_b = split_ab(devices, seed, settings["share_a"])
-            except ValueError as e:
-                raise RolloutInvalid(f"an A/B test needs at least two devices: {e}") from e
-            repo = self._repository()
+            # read under the lock, with the busy check (see RolloutService.create)
+            previous = self._repository().assigned_targets(devices)
             now = self._clock()
             with self._store.transaction() as db:
                 busy = busy_devices(db, devices)
@@ -140,7 +142,7 @@ class ExperimentService:
                 db["experiment_devices"].insert_all(
                     ({"experiment_id": experiment_id, "device_id": d, "arm": arm,
                       "assign": "assigning",
-                      "previous_target": self._rollouts.assigned_target(repo, d)}
+                      "previous_target": previous[d]}
                      for arm, members in (("a", arm_a), ("b", arm_b)) for d in members),
                     batch_size=500)
                 self._audit.record(actor, "experiment.create", "experiment",
@@ -148,26 +150,33 @@ class ExperimentService:
                                    {**settings, "model": model, "a": a, "b": b,
                                     "metric": body["metric"], "devices_a": len(arm_a),
                                     "devices_b": len(arm_b)})
-            self.carry_out(experiment_id)
+        self.carry_out(experiment_id)  # outside the lock: signing takes a while
         log.info("experiment %d: %s %s (%d devices) vs %s (%d devices) on %s", experiment_id,
                  model, a, len(arm_a), b, len(arm_b), body["metric"])
         return self.get(experiment_id)
 
     def carry_out(self, experiment_id: int) -> None:
-        """Sign the director assignments still marked ``assigning`` (after a crash too)."""
+        """Sign the director assignments still marked ``assigning`` (after a crash too), in
+        batches, without holding the rollouts lock (nothing else changes these rows; an
+        assignment signed twice only gets a new version)."""
+        from edgefleet.fleet_server.updates.repository import Assignment
+
         row = self._row(experiment_id)
         repo = self._repository()
         todo = self._store.db.execute(
             "SELECT device_id, arm FROM experiment_devices WHERE experiment_id = ? AND"
             " assign = 'assigning'", [experiment_id]).fetchall()
-        for device_id, arm in todo:
-            target = row[f"target_{arm}"]
-            repo.assign(device_id, target)
-            self._rollouts.hint(device_id, row["model"], target, row[f"version_{arm}"],
-                                rollout=None)
-            with self._store.transaction() as db:
-                db.execute("UPDATE experiment_devices SET assign = 'assigned' WHERE"
-                           " experiment_id = ? AND device_id = ?", [experiment_id, device_id])
+        for start in range(0, len(todo), BATCH_SIZE):
+            batch = todo[start:start + BATCH_SIZE]
+            repo.assign_many([Assignment(d, row[f"target_{arm}"]) for d, arm in batch])
+            for device_id, arm in batch:
+                self._rollouts.hint(device_id, row["model"], row[f"target_{arm}"],
+                                    row[f"version_{arm}"], rollout=None)
+            with self._rollouts.lock, self._store.transaction() as db:
+                db.conn.executemany(
+                    "UPDATE experiment_devices SET assign = 'assigned' WHERE"
+                    " experiment_id = ? AND device_id = ?",
+                    [(experiment_id, d) for d, _ in batch])
 
     def pending_work(self) -> list[int]:
         """Experiments with assignments a crash interrupted."""

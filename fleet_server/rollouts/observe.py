@@ -19,16 +19,17 @@ Decisions:
   ``old_version``, or of any other version when it is None); when there are none, the
   assigned devices' own old-version rows.
 * **Drift** compares bin counts of windows binned on one reference profile: the one most
-  of the new version's windows use (devices bin every version on the profile of the
-  release they were set up with; found by digest among the model's registry versions),
-  else the new version's own (windows binned on another reference cannot be compared bin
-  by bin and are left out): new = new-version windows of the assigned devices ending at or after
-  the wave start; control = old-version windows of the control devices and of the
-  assigned devices ending at or after ``started - 6 h``. Counts are exact sums; PSI and
-  JS of the output column(s) (the largest if several), the largest input-feature PSI and
-  its name; ``predictions_*`` are the ``n`` sums of the windows compared. The profile
-  comes from ``reference`` (default: read from the registry's table); without the new
-  version's profile the drift fields stay None.
+  of the new version's windows (the newest ``MAX_WINDOWS_PER_SIDE``) use (devices bin
+  every version on the profile of the release they were set up with; found by digest
+  among the model's registry versions), else the new version's own (windows binned on
+  another reference cannot be compared bin by bin and are left out): new = new-version
+  windows of the assigned devices ending at or after the wave start; control =
+  old-version windows of the control devices and of the assigned devices ending at or
+  after ``started - 6 h``. Counts are exact sums; PSI and JS of the output column(s) (the
+  largest if several), the largest input-feature PSI and its name; ``predictions_*`` are
+  the ``n`` sums of the windows compared. The profile comes from ``reference`` (default:
+  read from the registry's table); without the new version's profile the drift fields
+  stay None.
 
 Install states fold over the events of ``device_update_events`` whose ``received_at`` is
 at or after the wave start; the search for the first such event assumes ids grow with
@@ -43,8 +44,8 @@ import logging
 import statistics
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -161,8 +162,12 @@ _LAST_EVENTS = (
     "SELECT device_id, "  # noqa: S608 (constant fragments)
     + ", ".join(f"max(CASE WHEN {c} THEN id END)" for c, _ in _KINDS)
     + " FROM device_update_events WHERE device_id IN (SELECT value FROM json_each(?))"
-    " AND id >= ? AND bundle = ? AND received_at >= ? GROUP BY device_id"
+    " AND id >= ? AND id <= ? AND bundle = ? AND received_at >= ? GROUP BY device_id"
 )
+_NEW_EVENTS = ("SELECT id, device_id, kind, from_state, to_state, bundle, received_at"
+               " FROM device_update_events WHERE id > ? ORDER BY id")
+_STATUS = ("SELECT device_id, state, bundle FROM device_update_status"
+           " WHERE device_id IN (SELECT value FROM json_each(?))")
 
 
 def _first_event_id(db: Database, after: str) -> int:
@@ -192,33 +197,116 @@ def _first_event_id(db: Database, after: str) -> int:
     return max(0, lo - _EVENT_ID_MARGIN)
 
 
+def _fold_last(last: Sequence[int | None]) -> DeviceState:
+    """A device's state from the ids of its last event of each ``_KINDS`` kind."""
+    state = DeviceState.PENDING  # events since the wave replace the status
+    for _id, (kind, frm, to) in sorted((i, ev) for i, (_c, ev) in zip(last, _KINDS,
+                                                                       strict=True)
+                                       if i is not None):
+        state = _fold(state, kind, frm, to)
+    return state
+
+
+@dataclass
+class _Installs:
+    """One (bundle, since, devices) fold: the state of each device with events since,
+    the devices whose status says the bundle is committed, the last event id folded."""
+
+    devices: frozenset[str]
+    last_id: int
+    folded: dict[str, DeviceState]
+    committed: set[str]
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one follower at a time
+
+
+class InstallStateCache:
+    """Install states folded so far, per bundle, start time and device set: each later
+    :func:`device_states` call reads only the events recorded since the previous one
+    (event ids grow with every insert) and re-reads the status of just the devices that
+    reported; the first call of a wave reads everything once. Optional; the rollout
+    service keeps one (for the tick's wave and the view's assigned devices)."""
+
+    def __init__(self, max_entries: int = 8) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[tuple[str, float], _Installs] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, float], devices: frozenset[str]) -> _Installs | None:
+        with self._lock:
+            entry = self._items.get(key)
+            if entry is None or entry.devices != devices:
+                return None
+            self._items.move_to_end(key)
+            return entry
+
+    def put(self, key: tuple[str, float], entry: _Installs) -> None:
+        with self._lock:
+            self._items[key] = entry
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+
+def _committed(db: Database, devices: Iterable[str], new_target: str) -> set[str]:
+    return {device for device, state, bundle in db.execute(_STATUS, [_ids(devices)])
+            if state == "committed" and bundle == new_target}
+
+
+def _read_installs(db: Database, devices: frozenset[str], new_target: str,
+                   after: str) -> _Installs:
+    """Everything once: the status of every device and the fold of their events."""
+    top = db.execute("SELECT max(id) FROM device_update_events").fetchone()[0] or 0
+    ids = _ids(devices)
+    committed = _committed(db, devices, new_target)
+    folded = {device: _fold_last(last) for device, *last in db.execute(
+        _LAST_EVENTS, [ids, _first_event_id(db, after), top, new_target, after])}
+    return _Installs(devices, int(top), folded, committed)
+
+
+def _follow(db: Database, entry: _Installs, new_target: str, after: str) -> None:
+    """Fold the events recorded since ``entry`` was last brought up to date."""
+    reported: set[str] = set()
+    for event_id, device, kind, frm, to, bundle, received in db.execute(
+            _NEW_EVENTS, [entry.last_id]):
+        entry.last_id = int(event_id)
+        if device not in entry.devices:
+            continue
+        reported.add(device)
+        if bundle == new_target and received >= after:
+            entry.folded[device] = _fold(entry.folded.get(device, DeviceState.PENDING),
+                                         kind, frm, to)
+    if reported:  # the status changes only with the device's events
+        entry.committed = (entry.committed - reported) | _committed(db, reported,
+                                                                    new_target)
+
+
 def device_states(store: Store, devices: Sequence[str], new_target: str,
-                  since: float) -> dict[str, DeviceState]:
+                  since: float, *, cache: InstallStateCache | None = None
+                  ) -> dict[str, DeviceState]:
     """Each device's part in installing ``new_target`` (assigned at ``since``, unix s).
 
     The update events naming ``new_target`` received since ``since`` decide; a device
     without any keeps what ``device_update_status`` says (COMMITTED with ``new_target``
-    is INSTALLED), else it is PENDING.
+    is INSTALLED), else it is PENDING. With ``cache``, only what was recorded since the
+    previous call with the same arguments is read.
     """
     out = dict.fromkeys(devices, DeviceState.PENDING)
     db = store.db
     if not devices or not _has(db, "device_update_status", "device_update_events"):
         return out
-    ids = _ids(out)
-    for device, state, bundle in db.execute(
-            "SELECT device_id, state, bundle FROM device_update_status"
-            " WHERE device_id IN (SELECT value FROM json_each(?))", [ids]):
-        if state == "committed" and bundle == new_target:
-            out[device] = DeviceState.INSTALLED
     after = _iso(since)
-    for device, *last in db.execute(
-            _LAST_EVENTS, [ids, _first_event_id(db, after), new_target, after]):
-        state = DeviceState.PENDING  # events since the wave replace the status
-        for _id, (kind, frm, to) in sorted((i, ev) for i, (_c, ev) in zip(last, _KINDS,
-                                                                           strict=True)
-                                           if i is not None):
-            state = _fold(state, kind, frm, to)
-        out[device] = state
+    members = frozenset(out)
+    key = (new_target, since)
+    entry = None if cache is None else cache.get(key, members)
+    if entry is None:
+        entry = _read_installs(db, members, new_target, after)
+        if cache is not None:
+            cache.put(key, entry)
+    with entry.lock:
+        _follow(db, entry, new_target, after)
+        for device in entry.committed:
+            out[device] = DeviceState.INSTALLED
+        out.update(entry.folded)
     return out
 
 
@@ -345,101 +433,124 @@ _WINDOWS = (
     " ORDER BY \"end\" DESC LIMIT 10000"  # MAX_WINDOWS_PER_SIDE
 )
 _OTHER_VERSION_WINDOWS = _WINDOWS.replace("version = ?", "version != ?")
-_SUMMARIES = ("SELECT id, summary FROM drift_windows"
-              " WHERE id IN (SELECT value FROM json_each(?)) AND instr(summary, ?) > 0")
+_SUMMARIES = "SELECT id, summary FROM drift_windows WHERE id IN (SELECT value FROM json_each(?))"
 
-_Key = tuple[int, float, str]  # window id, end, reference digest
+
+@dataclass(frozen=True)
+class _Window:
+    """What the gates need of one stored drift window, parsed once: the reference digest
+    it is binned on, its column layout (names and bin counts, one shared tuple per
+    layout) and all its columns' bin counts, concatenated."""
+
+    end: float
+    ref: str | None
+    layout: tuple[tuple[str, ...], tuple[int, ...]] | None
+    counts: np.ndarray | None
+
+
+_UNREADABLE = _Window(0.0, None, None, None)
 
 
 class WindowCountCache:
-    """Bin counts of drift windows already read, so each window's JSON is parsed once
-    per process (stored windows never change). Keyed by window id, end and reference
-    digest; bounded, the least recently used go first (about 1 KB per window).
+    """Drift windows already read, parsed once per process (stored windows never change),
+    keyed by window id (and checked against its end); bounded, the first read go first
+    (windows are read roughly in the order they end, and the oldest leave the range
+    first; well under 1 KB per window of a small model). The default bound holds both
+    sides of a tick (``MAX_WINDOWS_PER_SIDE`` each) with room to spare.
 
     Optional: ``observe`` works without it, parsing every window in range each time.
     The rollout service keeps one across ticks.
     """
 
-    def __init__(self, max_windows: int = 100_000) -> None:
+    def __init__(self, max_windows: int = 2 * MAX_WINDOWS_PER_SIDE + 5_000) -> None:
         self.max_windows = max_windows
-        self._items: OrderedDict[_Key, np.ndarray | None] = OrderedDict()
+        self._items: OrderedDict[int, _Window] = OrderedDict()
+        self._layouts: dict[tuple[tuple[str, ...], tuple[int, ...]],
+                            tuple[tuple[str, ...], tuple[int, ...]]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get_many(self, keys: Sequence[_Key]) -> dict[_Key, np.ndarray | None]:
-        """The cached entries among ``keys`` (a None value: known not to be usable)."""
+    def windows(self, db: Database, rows: Sequence[tuple[int, float, int]]) -> list[_Window]:
+        """The parsed windows of ``rows`` (id, end, n), in order; those not cached yet
+        are read in one query."""
         with self._lock:
-            found = {k: self._items[k] for k in keys if k in self._items}
-            for k in found:
-                self._items.move_to_end(k)
-        return found
+            get = self._items.get
+            found = {i: hit for i, end, _n in rows
+                     if (hit := get(i)) is not None and hit.end == end}
+        missing = {int(i): float(end) for i, end, _n in rows if i not in found}
+        if missing:
+            parsed = {i: _UNREADABLE for i in missing}
+            for window_id, text in db.execute(_SUMMARIES, [_ids(missing)]):
+                parsed[int(window_id)] = self._parse(missing[int(window_id)], text)
+            with self._lock:
+                for window_id, window in parsed.items():
+                    self._items.pop(window_id, None)  # a reused id: now the newest
+                    self._items[window_id] = window
+                while len(self._items) > self.max_windows:
+                    self._items.popitem(last=False)
+            found.update(parsed)
+        return [found[i] for i, _end, _n in rows]
 
-    def put_many(self, entries: Mapping[_Key, np.ndarray | None]) -> None:
-        with self._lock:
-            for key, counts in entries.items():
-                self._items[key] = counts
-                self._items.move_to_end(key)
-            while len(self._items) > self.max_windows:
-                self._items.popitem(last=False)
+    def _parse(self, end: float, text: str) -> _Window:
+        try:
+            data = json.loads(text)
+            columns = [*data["features"], *data["outputs"]]
+            key = (tuple(str(c["name"]) for c in columns), tuple(len(c["c"]) for c in columns))
+            with self._lock:
+                layout = self._layouts.setdefault(key, key)
+            # int32: a window's counts are far below 2**31; the sums are int64
+            counts = np.fromiter((v for c in columns for v in c["c"]), dtype=np.int32,
+                                 count=sum(key[1]))
+            ref = data.get("ref")
+            return _Window(end, ref if isinstance(ref, str) else None, layout, counts)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            log.warning("a drift window is not readable: skipped")
+            return _Window(end, None, None, None)
 
 
 class _Counts:
     """Exact sums of the bin counts of windows binned on one reference profile."""
 
-    def __init__(self, profile: ReferenceProfile, cache: WindowCountCache) -> None:
+    def __init__(self, profile: ReferenceProfile) -> None:
         self.profile = profile
-        self.cache = cache
         self.names = [c.name for c in profile.columns]
         self.bins = [c.bins for c in profile.columns]
+        self.layout = (tuple(self.names), tuple(self.bins))
         self.offsets = np.cumsum([0, *self.bins])
         self.total = np.zeros(int(self.offsets[-1]), dtype=np.int64)
         self.predictions = 0
 
-    def add(self, db: Database, sql: str, args: list[object]) -> None:
+    def add(self, windows: Sequence[_Window], rows: Sequence[tuple[int, float, int]]) -> None:
+        """Sum the windows binned on this profile (others are left out)."""
         digest = self.profile.digest
-        rows = {(int(i), float(end), digest): int(n) for i, end, n in db.execute(sql, args)}
-        found = self.cache.get_many(list(rows))
-        missing = {key[0]: key for key in rows if key not in found}
-        if missing:
-            parsed: dict[_Key, np.ndarray | None] = dict.fromkeys(missing.values())
-            # instr(): windows of other references are skipped without parsing them.
-            for window_id, text in db.execute(_SUMMARIES, [_ids(missing), digest]):
-                parsed[missing[int(window_id)]] = self._counts(text)
-            self.cache.put_many(parsed)
-            found.update(parsed)
-        usable = [(counts, rows[key]) for key, counts in found.items() if counts is not None]
-        if usable:
-            self.total += np.sum([c for c, _n in usable], axis=0, dtype=np.int64)
-            self.predictions += sum(n for _c, n in usable)
-
-    def _counts(self, text: str) -> np.ndarray | None:
-        try:
-            data = json.loads(text)
-            if data.get("ref") != self.profile.digest:
-                return None
-            columns = [*data["features"], *data["outputs"]]
-            if [c["name"] for c in columns] != self.names or \
-                    [len(c["c"]) for c in columns] != self.bins:
-                log.warning("a drift window does not fit its reference: skipped")
-                return None
-            return np.fromiter((v for c in columns for v in c["c"]), dtype=np.int64,
-                               count=self.total.size)
-        except (ValueError, TypeError, KeyError, AttributeError):
-            log.warning("a drift window is not readable: skipped")
-            return None
+        ours = [(w, row[2]) for w, row in zip(windows, rows, strict=True)
+                if w.ref == digest and w.counts is not None]
+        # layouts are shared tuples: one comparison per distinct layout, not per window
+        fits = {id(layout): layout == self.layout
+                for layout in {id(w.layout): w.layout for w, _n in ours}.values()}
+        usable = [(w.counts, n) for w, n in ours
+                  if w.counts is not None and fits[id(w.layout)]]
+        if len(usable) < len(ours):
+            log.warning("%d drift window(s) do not fit their reference: skipped",
+                        len(ours) - len(usable))
+        total = self.total
+        for counts, _n in usable:
+            total += counts  # in place: cheaper than stacking thousands of rows
+        self.predictions += sum(int(n) for _c, n in usable)
 
     def column(self, name: str) -> np.ndarray:
         j = self.names.index(name)
         return self.total[self.offsets[j]:self.offsets[j + 1]]
 
 
-def registry_reference(store: Store) -> ReferenceLookup:
+def registry_reference(store: Store, *, cached: bool = False) -> ReferenceLookup:
     """Reference profiles read from the registry's table in ``store`` (read only; None
     for an unknown version, one without a profile, or no registry in the database).
-    The default of :func:`observe`; the server may pass its cached
-    ``ingest.service.registry_references(services)`` instead."""
+    The default of :func:`observe`. ``cached``: a profile is parsed again only when its
+    stored text changed (the rollout service's lookup, called every tick)."""
+    parsed: dict[tuple[str, str], tuple[str, ReferenceProfile | None]] = {}
 
     def lookup(model: str, version: str) -> ReferenceProfile | None:
         db = store.db
@@ -447,9 +558,16 @@ def registry_reference(store: Store) -> ReferenceLookup:
             return None
         row = db.execute("SELECT reference_profile FROM registry_versions"
                          " WHERE model = ? AND version = ?", [model, version]).fetchone()
+        text = row[0] if row is not None and row[0] else ""
+        hit = parsed.get((model, version)) if cached else None
+        if hit is not None and hit[0] == text:
+            return hit[1]
         try:
-            data = json.loads(row[0]) if row is not None and row[0] else None
-            return ReferenceProfile.from_dict(data) if data else None
+            data = json.loads(text) if text else None
+            profile = ReferenceProfile.from_dict(data) if data else None
+            if cached:
+                parsed[(model, version)] = (text, profile)
+            return profile
         except (ValueError, DriftError) as e:
             log.warning("registry %s %s: unusable reference profile: %s", model, version, e)
             return None
@@ -457,44 +575,49 @@ def registry_reference(store: Store) -> ReferenceLookup:
     return lookup
 
 
-def _dominant_digest(db: Database, scope: RolloutScope) -> str | None:
-    """The reference digest most of the new version's windows since the wave are binned on."""
-    row = db.execute(
-        "SELECT json_extract(summary, '$.ref') AS ref, SUM(n) FROM drift_windows"
-        " WHERE model = ? AND device_id IN (SELECT value FROM json_each(?))"
-        ' AND "end" >= ? AND version = ? GROUP BY ref ORDER BY 2 DESC LIMIT 1',
-        [scope.model, _ids(set(scope.assigned_devices)), scope.since, scope.new_version]
-    ).fetchone()
-    return None if row is None or not isinstance(row[0], str) else row[0]
+def _dominant(windows: Sequence[_Window], rows: Sequence[tuple[int, float, int]]
+              ) -> str | None:
+    """The reference digest most of ``windows`` (by predictions) are binned on."""
+    refs = {w.ref for w in windows}
+    if len(refs) == 1:  # the usual case: every device bins on one profile
+        return next(iter(refs))
+    by_ref: dict[str, int] = {}
+    for window, (_id, _end, n) in zip(windows, rows, strict=True):
+        if window.ref is not None:
+            by_ref[window.ref] = by_ref.get(window.ref, 0) + int(n)
+    return max(by_ref, key=lambda r: by_ref[r]) if by_ref else None
 
 
 def _drift(db: Database, scope: RolloutScope, reference: ReferenceLookup,
            cache: WindowCountCache | None) -> _Drift:
     """New-version windows of the assigned devices since the wave started versus the
     old-version windows of the control and assigned devices since ``started - 6 h``,
-    both binned on the new version's reference profile (windows binned on another
-    reference cannot be compared bin by bin and are left out)."""
+    both binned on the reference profile most new windows use (windows binned on
+    another reference cannot be compared bin by bin and are left out)."""
     if not _has(db, "drift_windows"):
         return _Drift()
+    cache = cache if cache is not None else WindowCountCache()
+    new_rows = db.execute(_WINDOWS, [scope.model, _ids(set(scope.assigned_devices)),
+                                     scope.since, scope.new_version]).fetchall()
+    new_windows = cache.windows(db, new_rows)
     profile = reference(scope.model, scope.new_version)
-    digest = _dominant_digest(db, scope)
+    digest = _dominant(new_windows, new_rows)
     if digest is not None and (profile is None or digest != profile.digest):
         # the devices bin every version on the profile they were set up with
         profile = model_reference_profiles(db, scope.model).get(digest, profile)
     if profile is None:
         return _Drift()
-    cache = cache if cache is not None else WindowCountCache()
-    new, control = _Counts(profile, cache), _Counts(profile, cache)
-    assigned = _ids(set(scope.assigned_devices))
-    new.add(db, _WINDOWS, [scope.model, assigned, scope.since, scope.new_version])
+    new, control = _Counts(profile), _Counts(profile)
+    new.add(new_windows, new_rows)
     if not new.predictions:
         return _Drift()
     version, same = _old_version(scope)
     sql = _WINDOWS if same else _OTHER_VERSION_WINDOWS
     lookback = scope.started - CONTROL_LOOKBACK_S
-    control.add(db, sql, [scope.model, _ids({*scope.control_devices,
-                                             *scope.assigned_devices}),
-                          lookback, version])
+    control_rows = db.execute(sql, [scope.model, _ids({*scope.control_devices,
+                                                       *scope.assigned_devices}),
+                                    lookback, version]).fetchall()
+    control.add(cache.windows(db, control_rows), control_rows)
     if not control.predictions:
         return _Drift(predictions_new=new.predictions)
     outputs = [c.name for c in profile.outputs]
@@ -510,20 +633,20 @@ def _drift(db: Database, scope: RolloutScope, reference: ReferenceLookup,
 def output_counts(store: Store, model: str, version: str, devices: Sequence[str],
                   since: float) -> list[float]:
     """Merged bin counts of the output column(s) of ``version``'s windows from ``devices``
-    ending at or after ``since``, on the binning most of them use (A/B comparisons).
-    Empty when there are none or their reference profile is unknown."""
+    ending at or after ``since`` (the newest ``MAX_WINDOWS_PER_SIDE``), on the binning
+    most of them use (A/B comparisons). Empty when there are none or their reference
+    profile is unknown."""
     db = store.db
     if not _has(db, "drift_windows"):
         return []
-    scope = RolloutScope(model=model, new_version=version, new_target="", old_version=None,
-                         wave_devices=(), assigned_devices=tuple(devices), control_devices=(),
-                         since=since, started=since, lost_after_s=0.0)
-    digest = _dominant_digest(db, scope)
+    rows = db.execute(_WINDOWS, [model, _ids(set(devices)), since, version]).fetchall()
+    windows = WindowCountCache().windows(db, rows)
+    digest = _dominant(windows, rows)
     profile = None if digest is None else model_reference_profiles(db, model).get(digest)
     if profile is None:
         return []
-    counts = _Counts(profile, WindowCountCache())
-    counts.add(db, _WINDOWS, [model, _ids(set(devices)), since, version])
+    counts = _Counts(profile)
+    counts.add(windows, rows)
     return [float(v) for c in profile.outputs for v in counts.column(c.name)]
 
 
@@ -532,20 +655,33 @@ def output_counts(store: Store, model: str, version: str, devices: Sequence[str]
 
 def observe(store: Store, scope: RolloutScope, now: float, *,
             reference: ReferenceLookup | None = None,
-            window_cache: WindowCountCache | None = None) -> Observations:
+            window_cache: WindowCountCache | None = None,
+            install_cache: InstallStateCache | None = None,
+            installs_only: bool = False) -> Observations:
     """What the current wave and the control group reported, as of ``now`` (unix s).
 
     ``reference`` gives model versions' reference profiles (drift compares on the new
     version's bins); by default they are read from the registry's table
     (:func:`registry_reference`). Without the new version's profile the drift fields are
     None and the prediction counts 0. ``window_cache`` keeps windows' bin counts across
-    calls (see :class:`WindowCountCache`).
+    calls (see :class:`WindowCountCache`), ``install_cache`` the wave's install states
+    (see :class:`InstallStateCache`). ``installs_only``: only the wave's install states
+    and lost devices (what the policy judges inside the bake time); every other field
+    keeps its "no data" default.
     """
     db = store.db
-    states = device_states(store, scope.wave_devices, scope.new_target, scope.since)
+    states = device_states(store, scope.wave_devices, scope.new_target, scope.since,
+                           cache=install_cache)
     count = {s: 0 for s in DeviceState}
     for state in states.values():
         count[state] += 1
+    lost = _lost(db, scope.wave_devices, scope.since, scope.lost_after_s, now)
+    if installs_only:
+        return Observations(
+            wave_devices=len(states), installed=count[DeviceState.INSTALLED],
+            failed=count[DeviceState.FAILED] + count[DeviceState.ROLLED_BACK],
+            downloading=count[DeviceState.DOWNLOADING], lost=lost,
+            shadow_enabled=scope.shadow)
 
     new = _side(db, scope.model, scope.assigned_devices, (scope.new_version, True))
     old = _old_side(db, scope)
@@ -557,7 +693,7 @@ def observe(store: Store, scope: RolloutScope, now: float, *,
         installed=count[DeviceState.INSTALLED],
         failed=count[DeviceState.FAILED] + count[DeviceState.ROLLED_BACK],
         downloading=count[DeviceState.DOWNLOADING],
-        lost=_lost(db, scope.wave_devices, scope.since, scope.lost_after_s, now),
+        lost=lost,
         latency_p95_new_ms=new.p95_ms,
         latency_p95_old_ms=old.p95_ms,
         predictions_new=drift.predictions_new,
@@ -576,5 +712,6 @@ def observe(store: Store, scope: RolloutScope, now: float, *,
     )
 
 
-__all__ = ["CONTROL_LOOKBACK_S", "RolloutScope", "WindowCountCache", "device_states",
+__all__ = ["CONTROL_LOOKBACK_S", "InstallStateCache", "RolloutScope", "WindowCountCache",
+           "device_states",
            "observe", "output_counts", "registry_reference"]

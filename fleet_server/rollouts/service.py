@@ -1,12 +1,19 @@
 """Rollouts: the database state and the work of carrying decisions out.
 
 One :class:`RolloutService` per app (``rollout_service(services)``). The scheduler calls
-:meth:`RolloutService.tick` every few seconds: for every running rollout it finishes any
-director assignment a crash interrupted, observes the current wave (``observe``), asks the
-pure policy for a decision (``policy.decide``) and applies it. Every state change is
+:meth:`RolloutService.tick` every few seconds: for every running rollout it observes the
+current wave (``observe``, outside the lock), asks the pure policy for a decision
+(``policy.decide``) and applies it (under the lock, if nothing changed meanwhile), then
+hands pending director assignments to the carrier (``carry``). Every state change is
 committed before the side effects it implies and marked done after them (the
 ``rollout_devices.assign`` column), so a server killed at any point resumes every rollout
 where it was, without repeating or losing a wave.
+
+The lock (``RolloutService.lock``) guards state changes only: it is never held while
+the director signs or while a wave is observed, so operator actions (pause, abort,
+roll back) answer at once even while a 5,000-device wave is being signed; the signing
+respects them (see ``carry``). A wave advances only once every assignment of the
+current one is signed.
 
 Devices learn about an assignment from the signed director repository; the retained MQTT
 ``desired`` message sent beside it is only a hint that makes them check at once.
@@ -27,6 +34,10 @@ from typing import Any
 
 from edgefleet.fleet_server.audit import SYSTEM, Actor
 from edgefleet.fleet_server.rollouts import observe as observe_module
+from edgefleet.fleet_server.rollouts.carry import (
+    BATCH_SIZE,
+    Carrier,
+)
 from edgefleet.fleet_server.rollouts.errors import (
     RolloutConflict,
     RolloutInvalid,
@@ -51,10 +62,9 @@ log = logging.getLogger(__name__)
 EXTRAS_KEY = "rollouts"
 PUBLISH_KEY = "mqtt_publish"  # services.extras: Callable[[topic, payload, retain], bool]
 TICK_INTERVAL_S = 5.0
-_ASSIGN_BATCH = 200
 _ACTIVE = (RolloutStatus.RUNNING.value, RolloutStatus.PAUSED.value)
-# rollout_devices.assign values whose director assignment is still to be signed
-_PENDING_WORK = ("assigning", "reverting", "shadowing", "unshadowing")
+# what a tick's decision rests on: changed meanwhile, the decision is dropped
+_DECIDED_ON = ("status", "wave", "bake_started_at", "promoted")
 Publish = Callable[[str, bytes, bool], bool]
 
 
@@ -99,7 +109,7 @@ def select_devices(db: Any, sel: TargetSelector, seed: str) -> list[str]:
 
 def busy_devices(db: Any, devices: Sequence[str]) -> list[str]:
     """Which of ``devices`` are in an active rollout or a running A/B experiment, or still
-    have a director assignment of an ended one to be signed."""
+    have a director assignment of an ended one to be signed (or recorded)."""
     listed = json.dumps(list(devices))
     rows = db.execute(
         "SELECT rd.device_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id"
@@ -107,7 +117,8 @@ def busy_devices(db: Any, devices: Sequence[str]) -> list[str]:
         " OR rd.assign IN ('assigning', 'reverting', 'shadowing', 'unshadowing'))"
         " UNION SELECT ed.device_id FROM experiment_devices ed"
         " JOIN experiments e ON e.id = ed.experiment_id"
-        " JOIN json_each(?) k ON k.value = ed.device_id WHERE e.status = 'running'",
+        " JOIN json_each(?) k ON k.value = ed.device_id"
+        " WHERE e.status = 'running' OR ed.assign = 'assigning'",
         [listed, *_ACTIVE, listed]).fetchall()
     return sorted(r[0] for r in rows)
 
@@ -146,11 +157,17 @@ class _Ticks:
 
 
 class RolloutService:
-    """Creates, drives and answers for rollouts. Thread-safe (one lock for all changes)."""
+    """Creates, drives and answers for rollouts. Thread-safe (one lock for all changes).
+
+    ``batch_size``: director assignments signed per batch; ``inline_max``: at most this
+    many pending assignments are signed by the calling request or tick itself, more go to
+    a background thread (see ``carry``).
+    """
 
     def __init__(self, store: Store, audit: Any, *, repository: Callable[[], Any],
                  registry: Callable[[], Any], publish: Callable[[], Publish | None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, batch_size: int = BATCH_SIZE,
+                 inline_max: int = BATCH_SIZE) -> None:
         self._store = store
         self._audit = audit
         self._repository = repository
@@ -159,7 +176,13 @@ class RolloutService:
         self._clock = clock
         self.lock = threading.RLock()  # one writer at a time: ticks, operators, experiments
         self._ticks: dict[int, _Ticks] = {}
+        self._full_ticks: dict[int, _Ticks] = {}  # those that observed every gate
+        self._tick_wall = _Ticks()  # whole scheduler ticks, carrying out included
         self._windows = observe_module.WindowCountCache()  # drift windows parsed once
+        self._installs = observe_module.InstallStateCache()  # update events folded once
+        self._references = observe_module.registry_reference(store, cached=True)
+        self.carrier = Carrier(store, self.lock, repository=repository, hint=self.hint,
+                               clock=clock, batch_size=batch_size, inline_max=inline_max)
 
     # -- create ---------------------------------------------------------------------
 
@@ -203,17 +226,19 @@ class RolloutService:
             raise RolloutConflict(
                 f"the image repository does not list {spec.model} {spec.from_version}: a roll "
                 "back could not return devices to it; publish it or leave from_version out")
+        devices = select_devices(self._store.db, spec.target, f"{spec.model}:{spec.version}")
+        now = self._clock()
+        seed = f"{spec.model}:{spec.version}:{now!r}"
+        ordered = order_devices(devices, seed)
+        waves = wave_sizes(len(ordered), spec.fractions)
+        # what the first wave runs now (a roll back returns there); with shadow mode,
+        # what everyone else runs too (their assignment keeps it, plus the candidate).
+        # Read under the lock, in the same critical section as the busy check: signed
+        # work of another rollout is recorded under this lock, so no device read here
+        # can still change behind the check.
+        known = ordered if spec.shadow_rate is not None else ordered[:waves[0]]
         with self.lock:
-            devices = select_devices(self._store.db, spec.target,
-                                     f"{spec.model}:{spec.version}")
-            now = self._clock()
-            seed = f"{spec.model}:{spec.version}:{now!r}"
-            ordered = order_devices(devices, seed)
-            waves = wave_sizes(len(ordered), spec.fractions)
-            # what the first wave runs now (a roll back returns there); with shadow mode,
-            # what everyone else runs too (their assignment keeps it, plus the candidate)
-            known = ordered if spec.shadow_rate is not None else ordered[:waves[0]]
-            previous = {d: self.assigned_target(repo, d) for d in known}
+            previous = repo.assigned_targets(known)
             with self._store.transaction() as db:
                 busy = busy_devices(db, ordered)
                 if busy:
@@ -244,8 +269,8 @@ class RolloutService:
                                     "devices": len(ordered), "waves": list(waves)})
             log.info("rollout %d: %s@%s to %d device(s), waves %s", rollout_id, spec.model,
                      spec.version, len(ordered), list(waves))
-            self._carry_out(rollout_id)
-            return self.get(rollout_id)
+        self._dispatch(rollout_id)
+        return self.get(rollout_id)
 
     @staticmethod
     def assigned_target(repo: Any, device_id: str) -> str | None:
@@ -310,13 +335,19 @@ class RolloutService:
         for _, state in states.values():
             counts[state.value] = counts.get(state.value, 0) + 1
         ticks = self._ticks.get(rollout_id, _Ticks())
+        pending = sum(1 for _, s in states.values() if s is DeviceState.PENDING)
         return {**self._summary(row), "spec": spec, "waves": wave_views,
                 "wave_started_at": row["wave_started_at"], "started_at": row["started_at"],
                 "bake_started_at": row["bake_started_at"],
                 "bake_ends_at": row["bake_started_at"] + spec["bake_s"],
                 "promoted": bool(row["promoted"]), "device_states": counts,
                 "gates": json.loads(row["last_gates"]) if row["last_gates"] else [],
-                "ticks": ticks.view()}
+                "ticks": ticks.view(),
+                "full_ticks": self._full_ticks.get(rollout_id, _Ticks()).view(),
+                "scheduler_ticks": self._tick_wall.view(),
+                "carry_out": {**self.carrier.stats(rollout_id),
+                              "pending": self.carrier.pending(rollout_id, row["status"]),
+                              "devices_pending": pending}}
 
     def _device_states(self, row: Mapping[str, Any]
                        ) -> dict[str, tuple[int | None, DeviceState]]:
@@ -325,7 +356,8 @@ class RolloutService:
             " ORDER BY position", [row["id"]]).fetchall()
         assigned = [r[0] for r in rows if r[2] in ("assigning", "assigned")]
         reported = observe_module.device_states(self._store, assigned, row["target"],
-                                                float(row["started_at"]))
+                                                float(row["started_at"]),
+                                                cache=self._installs)
         out: dict[str, tuple[int | None, DeviceState]] = {}
         for device_id, wave, assign in rows:
             if assign in ("reverting", "reverted"):
@@ -397,8 +429,9 @@ class RolloutService:
                 self._audit.record(actor, "rollout.promote", "rollout", str(rollout_id),
                                    {"wave": row["wave"]}, {"wave": row["wave"],
                                                            "reason": reason})
-            self._tick_one(rollout_id)
-            return self.get(rollout_id)
+        self._tick_one(rollout_id)
+        self._dispatch(rollout_id)
+        return self.get(rollout_id)
 
     def rollback(self, rollout_id: int, actor: Actor, reason: str = "") -> dict[str, Any]:
         """Assign every touched device its previous bundle again and end the rollout."""
@@ -411,8 +444,8 @@ class RolloutService:
                                       "running, paused or aborted rollout can be rolled back")
             self._start_rollback(row, reason or "operator rolled the rollout back", [],
                                  actor)
-            self._carry_out(rollout_id)
-            return self.get(rollout_id)
+        self._dispatch(rollout_id)
+        return self.get(rollout_id)
 
     def _set_status(self, rollout_id: int, actor: Actor, action: str,  # noqa: PLR0917
                     status: RolloutStatus, allowed: tuple[RolloutStatus, ...], reason: str,
@@ -431,6 +464,10 @@ class RolloutService:
                     fields |= {"bake_started_at": now, "promoted": 0}
                 if not status.active:
                     fields["finished_at"] = _iso(now)
+                    # the wave's ``assigning`` rows stay: the carrier settles an ended
+                    # rollout's leftovers from what the director says (a row signed but
+                    # not yet recorded, after a crash or a failed batch, is ``assigned``;
+                    # one never signed goes back to ``pending``), and signs nothing new
                     self._end_shadow(db, rollout_id)
                 db["rollouts"].update(rollout_id, fields)
                 self._log(db, rollout_id, row["wave"], action,
@@ -438,53 +475,98 @@ class RolloutService:
                 self._audit.record(actor, f"rollout.{action}", "rollout", str(rollout_id),
                                    {"status": row["status"]},
                                    {"status": status.value, "reason": reason})
-            self._carry_out(rollout_id)
-            return self.get(rollout_id)
+        self._dispatch(rollout_id)
+        return self.get(rollout_id)
 
     @staticmethod
     def _end_shadow(db: Any, rollout_id: int) -> None:
-        """Devices still running the candidate in shadow go back to their plain assignment."""
-        db.execute("UPDATE rollout_devices SET assign = 'pending' WHERE rollout_id = ?"
-                   " AND assign = 'shadowing'", [rollout_id])
+        """Devices running the candidate in shadow, or perhaps signed it (a row whose
+        signing a crash or a failed batch left unrecorded), go back to their plain
+        assignment: re-signing a device that never got the shadow only adds a version."""
         db.execute("UPDATE rollout_devices SET assign = 'unshadowing' WHERE rollout_id = ?"
-                   " AND assign = 'shadow'", [rollout_id])
+                   " AND assign IN ('shadowing', 'shadow')", [rollout_id])
 
     # -- the scheduler's tick --------------------------------------------------------
 
     def tick(self) -> None:
-        """Evaluate every running rollout once and finish interrupted assignments."""
-        with self.lock:
-            rows = self._store.db.execute(
-                "SELECT id FROM rollouts WHERE status = ? OR id IN (SELECT DISTINCT"
-                " rollout_id FROM rollout_devices WHERE assign IN (?, ?, ?, ?)) ORDER BY id",
-                [RolloutStatus.RUNNING.value, *_PENDING_WORK]).fetchall()
-            for (rollout_id,) in rows:
-                try:
-                    self._carry_out(rollout_id)
-                    self._tick_one(rollout_id)
-                except Exception:
-                    log.exception("rollout %d: tick failed; retried on the next one",
-                                  rollout_id)
+        """Evaluate every running rollout once, then carry out pending assignments (here
+        when they are few, else in the background; after a restart too)."""
+        started = time.perf_counter()
+        rows = self._store.db.execute("SELECT id FROM rollouts WHERE status = ? ORDER BY id",
+                                      [RolloutStatus.RUNNING.value]).fetchall()
+        for (rollout_id,) in rows:
+            try:
+                self._tick_one(rollout_id)
+            except Exception:
+                log.exception("rollout %d: tick failed; retried on the next one", rollout_id)
+        for rollout_id in self.carrier.rollouts_with_work():
+            try:
+                self._dispatch(rollout_id)
+            except Exception:
+                log.exception("rollout %d: carrying out failed; retried on the next tick",
+                              rollout_id)
+        self._tick_wall.add((time.perf_counter() - started) * 1000.0)
+
+    def _dispatch(self, rollout_id: int) -> None:
+        """Hand ``rollout_id``'s pending assignments to the carrier (never under the lock)."""
+        self.carrier.dispatch(rollout_id, self._row(rollout_id)["status"])
+
+    def close(self) -> None:
+        """Stop background signing (call before the store closes)."""
+        self.carrier.close()
+
+    def wait_for_carry_out(self, timeout_s: float | None = None) -> bool:
+        """Wait until background signing has nothing left (tests, tools); False on
+        timeout."""
+        return self.carrier.wait_idle(timeout_s)
 
     def _tick_one(self, rollout_id: int) -> None:
+        """Observe and decide without the lock; apply under it unless an operator (or a
+        finished wave's signing) changed the rollout meanwhile."""
         row = self._row(rollout_id)
         if row["status"] != RolloutStatus.RUNNING.value:
             return
         spec = RolloutSpec.from_json(json.loads(row["spec"]))
         started = time.perf_counter()
         now = self._clock()
-        obs = observe_module.observe(self._store, self._scope(row, spec), now,
-                                     window_cache=self._windows)
+        scope = self._scope(row, spec)
         state = RolloutState(
             status=RolloutStatus(row["status"]), waves=tuple(json.loads(row["waves"])),
             wave=int(row["wave"]), wave_started_at=float(row["bake_started_at"]),
             bake_s=spec.bake_s, max_extension_s=spec.max_extension_s,
             on_failure=spec.on_failure, promoted=bool(row["promoted"]),
             thresholds=spec.thresholds)
-        decision = decide(state, obs, now)
-        self._ticks.setdefault(rollout_id, _Ticks()).add(
-            (time.perf_counter() - started) * 1000.0)
-        self._apply(row, decision, now)
+        # Inside the bake time the policy judges only the decisive gates (installs, lost
+        # devices): observe just those, and everything only when it decides to act.
+        baking = now < state.wave_started_at + state.bake_s and not state.promoted
+        if baking:
+            decision = decide(state, self._observe(scope, now, installs_only=True), now)
+            if decision.action is Action.WAIT:
+                self._ticks.setdefault(rollout_id, _Ticks()).add(
+                    (time.perf_counter() - started) * 1000.0)
+                return
+        decision = decide(state, self._observe(scope, now, installs_only=False), now)
+        ms = (time.perf_counter() - started) * 1000.0
+        self._ticks.setdefault(rollout_id, _Ticks()).add(ms)
+        self._full_ticks.setdefault(rollout_id, _Ticks()).add(ms)
+        if decision.action in (Action.NONE, Action.WAIT):
+            return
+        with self.lock:
+            fresh = self._row(rollout_id)
+            if any(fresh[k] != row[k] for k in _DECIDED_ON):
+                return  # decided on a state that is gone: the next tick decides again
+            if decision.action in (Action.ADVANCE, Action.COMPLETE) and \
+                    self._store.db.execute(
+                        "SELECT 1 FROM rollout_devices WHERE rollout_id = ? AND assign ="
+                        " 'assigning' LIMIT 1", [rollout_id]).fetchone():
+                return  # the current wave is not wholly signed yet
+            self._apply(fresh, decision, now)
+
+    def _observe(self, scope: Any, now: float, *, installs_only: bool) -> Any:
+        return observe_module.observe(self._store, scope, now, reference=self._references,
+                                      window_cache=self._windows,
+                                      install_cache=self._installs,
+                                      installs_only=installs_only)
 
     def _scope(self, row: Mapping[str, Any], spec: RolloutSpec) -> Any:
         rows = self._store.db.execute(
@@ -539,19 +621,15 @@ class RolloutService:
                                     "reason": decision.reason, "gates": gates})
         log.info("rollout %d wave %d: %s (%s)", rollout_id, wave, action.value,
                  decision.reason)
-        self._carry_out(rollout_id)
 
-    def _start_wave(self, db: Any, row: Mapping[str, Any], wave: int, now: float) -> None:
-        """Mark the next wave's devices ``assigning`` with what they run now (one txn)."""
+    @staticmethod
+    def _start_wave(db: Any, row: Mapping[str, Any], wave: int, now: float) -> None:
+        """Mark the next wave's devices ``assigning`` (one statement; what they run now is
+        recorded by the carrier just before it signs them)."""
         waves = json.loads(row["waves"])
-        low, high = waves[wave - 1], waves[wave]
-        devices = [r[0] for r in db.execute(
-            "SELECT device_id FROM rollout_devices WHERE rollout_id = ? AND position >= ?"
-            " AND position < ?", [row["id"], low, high]).fetchall()]
-        # what they run now is read outside this transaction, just before signing
-        db.conn.executemany(
-            "UPDATE rollout_devices SET wave = ?, assign = 'assigning' WHERE rollout_id = ?"
-            " AND device_id = ?", [(wave, row["id"], d) for d in devices])
+        db.execute("UPDATE rollout_devices SET wave = ?, assign = 'assigning' WHERE"
+                   " rollout_id = ? AND position >= ? AND position < ?",
+                   [wave, row["id"], waves[wave - 1], waves[wave]])
 
     def _start_rollback(self, row: Mapping[str, Any], reason: str,
                         gates: list[dict[str, Any]] | None, actor: Actor) -> None:
@@ -569,99 +647,7 @@ class RolloutService:
                                {"status": RolloutStatus.ROLLED_BACK.value, "reason": reason,
                                 "gates": gates})
 
-    # -- side effects: director assignments and desired hints ------------------------
-
-    def _carry_out(self, rollout_id: int) -> None:
-        """Sign every pending assignment / roll back of ``rollout_id`` and record it."""
-        row = self._row(rollout_id)
-        spec = json.loads(row["spec"])
-        repo = self._repository()
-        db = self._store.db
-        todo = db.execute(
-            "SELECT device_id, assign, previous_target FROM rollout_devices"
-            " WHERE rollout_id = ? AND assign IN (?, ?, ?, ?) ORDER BY position",
-            [rollout_id, *_PENDING_WORK]).fetchall()
-        if not todo:
-            return
-        from_target = None
-        if row["from_version"]:
-            from edgefleet.fleet_server.updates.publish import target_name_for
-
-            from_target = target_name_for(row["model"], row["from_version"])
-        done: list[tuple[str, float, str]] = []
-        rate = spec.get("shadow_rate")
-        self._record_previous(rollout_id, repo, row["target"],
-                              [d for d, a, p in todo if a == "assigning" and p is None])
-        previous_of: dict[str, str] = dict(db.execute(
-            "SELECT device_id, previous_target FROM rollout_devices WHERE rollout_id = ?"
-            " AND previous_target IS NOT NULL", [rollout_id]).fetchall())
-        for device_id, assign, _ in todo:
-            previous = previous_of.get(device_id, "")  # shadow rows always have one
-            if assign == "assigning":
-                repo.assign(device_id, row["target"])
-                self.hint(device_id, row["model"], row["target"], row["version"],
-                          rollout=rollout_id)
-                done.append(("assigned", self._clock(), device_id))
-            elif assign == "shadowing":
-                repo.assign(device_id, previous, shadow_target=row["target"], shadow_rate=rate)
-                self.hint(device_id, row["model"], previous,
-                          _version_of(previous, row["model"]), rollout=rollout_id,
-                          shadow={"version": row["version"], "target": row["target"],
-                                  "sample_rate": rate})
-                done.append(("shadow", self._clock(), device_id))
-            elif assign == "unshadowing":
-                repo.assign(device_id, previous)
-                self.hint(device_id, row["model"], previous,
-                          _version_of(previous, row["model"]), rollout=rollout_id)
-                done.append(("pending", self._clock(), device_id))
-            else:
-                back = previous or from_target  # "" is no previous
-                current = self.assigned_target(repo, device_id)
-                if current != row["target"]:
-                    # moved on since (another rollout, an operator): not ours to undo
-                    log.info("rollout %d: device %s now runs %s; not rolled back",
-                             rollout_id, device_id, current)
-                    done.append(("not_reverted", self._clock(), device_id))
-                elif back is not None and back in repo.targets():
-                    repo.assign(device_id, back)
-                    self.hint(device_id, row["model"], back, _version_of(back, row["model"]),
-                              rollout=rollout_id)
-                    done.append(("reverted", self._clock(), device_id))
-                else:
-                    log.warning("rollout %d: device %s had no earlier assignment and no "
-                                "from-version release; it keeps %s", rollout_id, device_id,
-                                row["target"])
-                    done.append(("not_reverted", self._clock(), device_id))
-            if len(done) >= _ASSIGN_BATCH:
-                self._mark(rollout_id, done)
-                done = []
-        self._mark(rollout_id, done)
-        log.info("rollout %d: %d director assignment(s) signed (%s)", rollout_id, len(todo),
-                 spec["model"])
-
-    def _record_previous(self, rollout_id: int, repo: Any, target: str,
-                         devices: Sequence[str]) -> None:
-        """Remember what ``devices`` run before they are signed the new ``target`` (one
-        short transaction; a device already on ``target`` was signed before a crash and
-        keeps no previous)."""
-        rows = []
-        for device_id in devices:
-            current = self.assigned_target(repo, device_id)
-            rows.append((None if current == target else current, rollout_id, device_id))
-        if rows:
-            with self._store.transaction() as db:
-                db.conn.executemany(
-                    "UPDATE rollout_devices SET previous_target = ? WHERE rollout_id = ?"
-                    " AND device_id = ? AND previous_target IS NULL", rows)
-
-    def _mark(self, rollout_id: int, done: list[tuple[str, float, str]]) -> None:
-        if not done:
-            return
-        with self._store.transaction() as db:
-            db.conn.executemany(
-                "UPDATE rollout_devices SET assign = ?, assigned_at = CASE WHEN ? IN"
-                " ('assigned', 'reverted') THEN ? ELSE assigned_at END WHERE rollout_id = ?"
-                " AND device_id = ?", [(a, a, ts, rollout_id, d) for a, ts, d in done])
+    # -- side effects: desired hints (director assignments: ``carry``) ---------------
 
     def hint(self, device_id: str, model: str, target: str, version: str, *,
              rollout: int | None, shadow: dict[str, Any] | None = None) -> None:
@@ -688,12 +674,6 @@ class RolloutService:
             "rollout_id": rollout_id, "ts": self._clock(), "wave": wave, "action": action,
             "reason": reason, "gates": None if gates is None else json.dumps(gates),
             "actor": _actor_ref(actor)})
-
-
-def _version_of(target: str, model: str) -> str:
-    """``digits-1.0.0.tar`` -> ``1.0.0`` (the release naming of ``target_name_for``)."""
-    stem = target.removesuffix(".tar")
-    return stem[len(model) + 1:] if stem.startswith(model + "-") else stem
 
 
 def rollout_service(services: Services) -> RolloutService:

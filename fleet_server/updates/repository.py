@@ -23,6 +23,7 @@ import logging
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -45,15 +46,49 @@ from edgefleet.fleet_server.updates.keys import (
 )
 from edgefleet.fleet_server.updates.layout import RepoLayout, check_device_id, check_target_name
 from edgefleet.fleet_server.updates.signed_repo import (
+    BatchPublisher,
     Clock,
     ExpiryPolicy,
     SignedRepo,
     atomic_write,
+    current_targets,
 )
 
 log = logging.getLogger(__name__)
 
 CUSTOM_KEY = "edgefleet"
+_LOGGED = 5  # per batch, the first few assignments are logged one by one
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One device's director assignment: ``target`` to run, optionally ``shadow_target``
+    in shadow mode on a ``shadow_rate`` share of its inputs (see :meth:`Repository.assign`).
+    """
+
+    device_id: str
+    target: str
+    shadow_target: str | None = None
+    shadow_rate: float = 0.1
+
+
+def _checked(a: Assignment) -> tuple[Assignment, dict[str, object]]:
+    """``a`` validated, with the ``custom.edgefleet`` part of its signed target.
+
+    Raises:
+        InvalidRequest: bad device id or target name, or ``shadow_rate`` not in (0, 1].
+    """
+    check_device_id(a.device_id)
+    check_target_name(a.target)
+    custom: dict[str, object] = {"device_id": a.device_id}
+    if a.shadow_target is not None:
+        check_target_name(a.shadow_target)
+        rate = a.shadow_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 < rate <= 1.0:
+            raise InvalidRequest(f"shadow_rate must be in (0, 1], got {rate!r}")
+        # TUF signs canonical JSON, which has no floats: the rate is a decimal string
+        custom["shadow"] = {"target": a.shadow_target, "sample_rate": repr(float(rate))}
+    return a, custom
 
 
 def utc_now() -> datetime:
@@ -204,6 +239,7 @@ class Repository:
         ``custom.edgefleet.shadow`` as ``{"target": name, "sample_rate": "0.1"}`` (the
         rate as a decimal string: canonical JSON, which TUF signs, has no floats); the
         device takes the candidate's length and hashes from the image repository.
+        One device's case of :meth:`assign_many`.
 
         Raises:
             InvalidRequest: bad device id or target name, or ``shadow_rate`` not in (0, 1].
@@ -211,32 +247,60 @@ class Repository:
                 shadow target).
             MissingSigningKeyError: a director key is not available.
         """
-        check_device_id(device_id)
-        check_target_name(target_name)
-        custom: dict[str, object] = {"device_id": device_id}
-        if shadow_target is not None:
-            check_target_name(shadow_target)
-            if (isinstance(shadow_rate, bool) or not isinstance(shadow_rate, int | float)
-                    or not 0.0 < shadow_rate <= 1.0):
-                raise InvalidRequest(f"shadow_rate must be in (0, 1], got {shadow_rate!r}")
-            # TUF signs canonical JSON, which has no floats: the rate is a decimal string
-            custom["shadow"] = {"target": shadow_target, "sample_rate": repr(float(shadow_rate))}
+        return self.assign_many([Assignment(device_id, target_name, shadow_target,
+                                            shadow_rate)])[device_id]
+
+    def assign_many(self, assignments: Sequence[Assignment]) -> dict[str, TargetFile]:
+        """Sign every one of ``assignments`` (see :meth:`assign`) in one batch; returns
+        the assigned target of each device.
+
+        Every assignment is checked before anything is signed (all or nothing for bad
+        input). The image targets, the director root and its signers are read once per
+        batch; each device still gets its own targets, snapshot and timestamp versions,
+        published with two filesystem barriers per batch (:class:`BatchPublisher`): a
+        crash leaves each device's repository wholly old or wholly new. Keep batches to a
+        few hundred devices: the repository lock is held throughout.
+
+        Raises:
+            InvalidRequest: a bad device id, target name or shadow rate, or a device twice.
+            UnknownTargetError: the image repository does not list a target.
+            MissingSigningKeyError: a director key is not available.
+        """
+        checked = [_checked(a) for a in assignments]
+        if len({a.device_id for a, _ in checked}) != len(checked):
+            raise InvalidRequest("a device appears twice in one batch of assignments")
+        if not checked:
+            return {}
         with self._locked():
             self._require()
             listed_targets = self.image.targets().signed.targets
-            listed = listed_targets.get(target_name)
-            if listed is None:
-                raise UnknownTargetError(f"the image repository does not list {target_name}")
-            if shadow_target is not None and shadow_target not in listed_targets:
-                raise UnknownTargetError(
-                    f"the image repository does not list the shadow target {shadow_target}")
-            assigned = TargetFile(listed.length, dict(listed.hashes), target_name,
-                                  {"custom": {CUSTOM_KEY: custom}})
-            director = self._director_repo(device_id)
-            director.publish_targets(Targets(targets={target_name: assigned}))
-            log.info("director assigns %s to device %s%s", target_name, device_id,
-                     "" if shadow_target is None else f" (shadow {shadow_target})")
-            return assigned
+            publisher = BatchPublisher(RepoKind.DIRECTOR, self._director_repo(None).root().signed,
+                                       self.signers, self.expiry, self.clock())
+            out: dict[str, TargetFile] = {}
+            for a, custom in checked:
+                listed = listed_targets.get(a.target)
+                if listed is None:
+                    raise UnknownTargetError(f"the image repository does not list {a.target}")
+                if a.shadow_target is not None and a.shadow_target not in listed_targets:
+                    raise UnknownTargetError(
+                        f"the image repository does not list the shadow target "
+                        f"{a.shadow_target}")
+                out[a.device_id] = TargetFile(listed.length, dict(listed.hashes), a.target,
+                                              {"custom": {CUSTOM_KEY: custom}})
+            try:
+                for a, _ in checked:
+                    publisher.stage(self.layout.director_metadata(a.device_id),
+                                    Targets(targets={a.target: out[a.device_id]}))
+                publisher.commit(self.layout.root)
+            except BaseException:
+                publisher.discard()
+                raise
+        for a, _ in checked[:_LOGGED]:
+            log.info("director assigns %s to device %s%s", a.target, a.device_id,
+                     "" if a.shadow_target is None else f" (shadow {a.shadow_target})")
+        if len(checked) > _LOGGED:
+            log.info("director assigns %d more device(s)", len(checked) - _LOGGED)
+        return out
 
     def assignment(self, device_id: str) -> TargetFile | None:
         """The bundle currently assigned to ``device_id``, if any."""
@@ -245,6 +309,20 @@ class Repository:
             return None
         targets = director.targets().signed.targets
         return next(iter(targets.values()), None)
+
+    def assigned_targets(self, device_ids: Sequence[str]) -> dict[str, str | None]:
+        """The name of the bundle currently assigned to each of ``device_ids`` (None:
+        nothing assigned), read without building metadata objects: for many devices.
+
+        Raises:
+            InvalidRequest: a bad device id.
+            RepositoryStateError: a device's director metadata is unreadable.
+        """
+        out: dict[str, str | None] = {}
+        for device_id in device_ids:
+            targets = current_targets(self.layout.director_metadata(device_id))
+            out[device_id] = next(iter(targets), None) if targets else None
+        return out
 
     # -- maintenance -----------------------------------------------------------------------
     def refresh_expiring(self, now: datetime | None = None) -> list[str]:

@@ -9,10 +9,14 @@ consistent repository state.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import json
 import logging
+import os
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -64,6 +68,33 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync dir)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - no C library to load (not Linux)
+    _LIBC = None
+
+
+def sync_filesystem(path: Path) -> None:
+    """Make every write and rename on the filesystem holding ``path`` durable (Linux
+    ``syncfs``; ``os.sync`` elsewhere): the barrier of :class:`BatchPublisher`.
+
+    Raises:
+        OSError: the kernel reports a write-back error.
+    """
+    syncfs = getattr(_LIBC, "syncfs", None) if _LIBC is not None else None
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
 
 
 def _meta_file(version: int, data: bytes) -> MetaFile:
@@ -120,19 +151,8 @@ class SignedRepo:
         Raises:
             MissingSigningKeyError: fewer keys at hand than the role's threshold.
         """
-        root = root or self.root().signed
-        delegation = root.roles[role.value]
-        signers = self.signers.for_keyids(self.kind, role, delegation.keyids)
-        if len(signers) < delegation.threshold:
-            raise MissingSigningKeyError(
-                f"{self.kind.value} {role.value} needs {delegation.threshold} key(s), "
-                f"{len(signers)} available (is an offline key directory missing?)")
-        md.signatures.clear()
-        for signer in signers:
-            try:
-                md.sign(signer, append=True)
-            except UnsignedMetadataError as e:
-                raise MissingSigningKeyError(f"signing {role.value} failed: {e}") from e
+        _sign_with(md, role, role_signers(self.signers, self.kind, root or self.root().signed,
+                                          role))
 
     # -- writing ---------------------------------------------------------------------------
     def write_root(self, md: Metadata[Root]) -> None:
@@ -213,6 +233,195 @@ class SignedRepo:
             return [r for r in (RoleName.TARGETS, RoleName.SNAPSHOT, RoleName.TIMESTAMP)
                     if _order(r) >= _order(role)]
         return []
+
+
+def role_signers(signers: Signers, kind: RepoKind, root: Root,
+                 role: RoleName) -> list[Any]:
+    """The signers at hand for ``role`` as ``root`` delegates it.
+
+    Raises:
+        MissingSigningKeyError: fewer keys at hand than the role's threshold.
+    """
+    delegation = root.roles[role.value]
+    found = signers.for_keyids(kind, role, delegation.keyids)
+    if len(found) < delegation.threshold:
+        raise MissingSigningKeyError(
+            f"{kind.value} {role.value} needs {delegation.threshold} key(s), "
+            f"{len(found)} available (is an offline key directory missing?)")
+    return found
+
+
+def _sign_with(md: Metadata[Any], role: RoleName, signers: list[Any]) -> None:
+    md.signatures.clear()
+    for signer in signers:
+        try:
+            md.sign(signer, append=True)
+        except UnsignedMetadataError as e:
+            raise MissingSigningKeyError(f"signing {role.value} failed: {e}") from e
+
+
+def _read_signed(path: Path) -> dict[str, Any]:
+    """The ``signed`` part of a metadata file as plain JSON (versions only: no objects
+    built, no signature checked, as ``SignedRepo`` reads its own files)."""
+    try:
+        signed = json.loads(path.read_bytes())["signed"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RepositoryStateError(f"cannot read {path}: {e}") from e
+    if not isinstance(signed, dict):
+        raise RepositoryStateError(f"{path} has no signed part")
+    return signed
+
+
+def current_versions(metadata_dir: Path) -> tuple[int, int, int]:
+    """Versions of (targets, snapshot, timestamp) published in ``metadata_dir`` (all 0
+    for a repository not published yet).
+
+    Raises:
+        RepositoryStateError: a metadata file is missing or unreadable.
+    """
+    timestamp_path = metadata_dir / "timestamp.json"
+    if not timestamp_path.is_file():
+        return 0, 0, 0
+    timestamp = _read_signed(timestamp_path)
+    try:
+        snapshot_version = int(timestamp["meta"]["snapshot.json"]["version"])
+        snapshot = _read_signed(metadata_dir / f"{snapshot_version}.snapshot.json")
+        return (int(snapshot["meta"]["targets.json"]["version"]), snapshot_version,
+                int(timestamp["version"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise RepositoryStateError(f"unreadable metadata in {metadata_dir}: {e}") from e
+
+
+def current_targets(metadata_dir: Path) -> dict[str, Any] | None:
+    """The ``targets`` map (plain JSON) published in ``metadata_dir``; None when the
+    repository is not published yet (a fast read for many repositories at once).
+
+    Raises:
+        RepositoryStateError: a metadata file is missing or unreadable.
+    """
+    targets_version, _, _ = current_versions(metadata_dir)
+    if not targets_version:
+        return None
+    signed = _read_signed(metadata_dir / f"{targets_version}.targets.json")
+    targets = signed.get("targets")
+    if not isinstance(targets, dict):
+        raise RepositoryStateError(f"{metadata_dir}: targets metadata without targets")
+    return targets
+
+
+@dataclass
+class BatchPublisher:
+    """Publishes new targets (then snapshot and timestamp) in many repositories of one
+    kind that share one root, e.g. every device's director repository in a wave.
+
+    The root is read and the signers looked up once. Crash safety is that of
+    :meth:`SignedRepo.publish_targets` with two filesystem barriers per batch instead of
+    two fsyncs per file: :meth:`stage` writes each repository's versioned targets and
+    snapshot (new names, not referenced yet) and its new timestamp as a temp file;
+    :meth:`commit` makes all of that durable (``syncfs``), renames every temp file over
+    its ``timestamp.json`` (atomic: a reader sees the old or the new complete state) and
+    makes the renames durable. A crash before the renames leaves every repository as it
+    was (plus unreferenced versioned files that the next publish overwrites); a crash
+    after leaves each one old or new. :meth:`discard` removes the temp files of a batch
+    that is not committed.
+    """
+
+    kind: RepoKind
+    root: Root
+    signers: Signers
+    expiry: ExpiryPolicy
+    now: datetime
+    _staged: list[tuple[Path, Path]] = field(default_factory=list)
+    _dirs: set[Path] = field(default_factory=set)
+    _by_role: dict[RoleName, list[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for role in (RoleName.TARGETS, RoleName.SNAPSHOT, RoleName.TIMESTAMP):
+            self._by_role[role] = role_signers(self.signers, self.kind, self.root, role)
+
+    def _expires(self, role: RoleName) -> datetime:
+        return self.now + timedelta(seconds=self.expiry.lifetime_s(self.kind, role))
+
+    def _signed_bytes(self, signed: Signed, role: RoleName) -> bytes:
+        md: Metadata[Any] = Metadata(signed)
+        _sign_with(md, role, self._by_role[role])
+        return md.to_bytes()
+
+    def stage(self, metadata_dir: Path, targets: Targets) -> Targets:
+        """Sign ``targets`` as the next version of the repository in ``metadata_dir``,
+        with a new snapshot and timestamp; nothing is visible before :meth:`commit`.
+
+        Raises:
+            RepositoryStateError: the repository's current metadata is unreadable.
+            ValueError: the repository is staged twice in one batch.
+        """
+        if metadata_dir in self._dirs:
+            raise ValueError(f"{metadata_dir} is staged twice in one batch")
+        self._dirs.add(metadata_dir)
+        targets_v, snapshot_v, timestamp_v = current_versions(metadata_dir)
+        metadata_dir.mkdir(parents=True, exist_ok=True)
+        targets.version = targets_v + 1
+        targets.expires = self._expires(RoleName.TARGETS)
+        data = self._signed_bytes(targets, RoleName.TARGETS)
+        _write_unsynced(metadata_dir / f"{targets.version}.targets.json", data)
+        snapshot = Snapshot(version=snapshot_v + 1, expires=self._expires(RoleName.SNAPSHOT),
+                            meta={"targets.json": _meta_file(targets.version, data)})
+        data = self._signed_bytes(snapshot, RoleName.SNAPSHOT)
+        _write_unsynced(metadata_dir / f"{snapshot.version}.snapshot.json", data)
+        timestamp = Timestamp(version=timestamp_v + 1,
+                              expires=self._expires(RoleName.TIMESTAMP),
+                              snapshot_meta=_meta_file(snapshot.version, data))
+        tmp = _temp_file(metadata_dir / "timestamp.json",
+                         self._signed_bytes(timestamp, RoleName.TIMESTAMP))
+        self._staged.append((tmp, metadata_dir / "timestamp.json"))
+        return targets
+
+    def commit(self, barrier_path: Path) -> None:
+        """Publish everything staged: barrier, rename every timestamp, barrier
+        (``barrier_path``: any path on the repositories' filesystem).
+
+        Raises:
+            OSError: a write, rename or barrier failed (renames done so far stand).
+        """
+        if not self._staged:
+            return
+        sync_filesystem(barrier_path)
+        staged, self._staged = self._staged, []
+        self._dirs.clear()
+        try:
+            for tmp, final in staged:
+                os.replace(tmp, final)
+        except BaseException:
+            self._staged = [(t, f) for t, f in staged if t.exists()]
+            self.discard()
+            raise
+        sync_filesystem(barrier_path)
+
+    def discard(self) -> None:
+        """Remove the temp files of what is staged and not committed."""
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+        self._staged = []
+        self._dirs.clear()
+
+
+def _temp_file(final: Path, data: bytes) -> Path:
+    """``data`` in a new temp file beside ``final`` (not synced: the batch barrier is)."""
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
+
+
+def _write_unsynced(path: Path, data: bytes) -> None:
+    """Write a new versioned metadata file without fsync: nothing references it until the
+    batch's first barrier (a crash may leave it partial; the next publish rewrites it)."""
+    with path.open("wb") as f:
+        f.write(data)
 
 
 def _order(role: RoleName) -> int:

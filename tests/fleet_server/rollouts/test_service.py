@@ -22,7 +22,7 @@ from edgefleet.fleet_server.devices.groups import GroupService
 from edgefleet.fleet_server.registry.api import registry_service
 from edgefleet.fleet_server.registry.metadata import UploadMetadata
 from edgefleet.fleet_server.registry.stages import Stage
-from edgefleet.fleet_server.rollouts.service import EXTRAS_KEY, rollout_service
+from edgefleet.fleet_server.rollouts.service import EXTRAS_KEY, RolloutService, rollout_service
 from edgefleet.fleet_server.services import Services
 from edgefleet.fleet_server.updates import keys_dir, repo_dir
 from edgefleet.fleet_server.updates.events import update_events
@@ -104,6 +104,9 @@ def fleet_env(base: Path, n_devices: int) -> Iterator[Fleet]:
     try:
         yield fleet
     finally:
+        service = services.extras.get(EXTRAS_KEY)
+        if isinstance(service, RolloutService):
+            service.close()  # its background signer uses the store
         services.store.close()
 
 
