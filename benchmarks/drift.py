@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.figures import Figure, Goal
+from benchmarks.figures import Figure, Goal, run_alone
 from benchmarks.settings import Settings
 from edgefleet.agent.drift import (
     DriftDetector,
@@ -188,19 +188,5 @@ def run(workdir: Path, settings: Settings) -> Iterator[Figure]:
     yield _hot_path(reference, rng, iterations=300 if quick else 5000)
 
 
-def main() -> None:
-    import argparse
-    import tempfile
-
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.drift",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few iterations (smoke run)")
-    args = parser.parse_args()
-    settings = Settings.quick() if args.quick else Settings()
-    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
-        for figure in run(Path(tmp), settings):
-            print(figure.line(), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    run_alone("drift", __doc__, run)

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.figures import Figure, Goal
+from benchmarks.figures import Figure, Goal, run_alone
 from benchmarks.settings import Settings
 from edgefleet.tools.modelgen.digits import NODE_CLASS_GROUPS, NodeShards, non_iid_shards
 
@@ -410,10 +410,4 @@ def run(workdir: Path, settings: Settings) -> Iterator[Figure]:
 
 
 if __name__ == "__main__":
-    import sys
-    import tempfile
-
-    quick = "--quick" in sys.argv[1:]
-    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-fl-") as tmp:
-        for figure in run(Path(tmp), Settings.quick() if quick else Settings()):
-            print(figure.line(), flush=True)
+    run_alone("federated", __doc__, run)

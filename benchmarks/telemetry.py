@@ -52,7 +52,7 @@ from typing import Any, TextIO
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from benchmarks.figures import Figure, Goal
+from benchmarks.figures import Figure, Goal, run_alone
 from benchmarks.settings import Settings
 from edgefleet.agent.telemetry import BrokerConfig, Channel, TelemetryClient
 from edgefleet.agent.telemetry.envelope import Envelope, device_filter, encode, topic
@@ -504,19 +504,5 @@ def run(workdir: Path, settings: Settings) -> Iterator[Figure]:
                              "permissive stub BrokerAuth (benchmark load setup only)")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m benchmarks.telemetry [--quick]``: this section alone."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.telemetry",
-                                     description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="100 devices, fewer messages")
-    args = parser.parse_args(argv)
-    settings = Settings.quick() if args.quick else Settings()
-    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
-        for figure in run(Path(tmp), settings):
-            print(figure.line(), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    run_alone("telemetry", __doc__, run)

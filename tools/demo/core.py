@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -99,6 +100,37 @@ class Demo:
             raise DemoError(f"{method} {path} answered {e.code}: {e.read()[:300]!r}") from None
         except OSError as e:  # refused, reset, timed out
             raise DemoError(f"{method} {path}: no answer from the fleet server ({e})") from None
+
+    def watch(self, path: str, lines: Callable[[dict[str, Any]], dict[str, str]],
+              done: Callable[[dict[str, Any]], bool], timeout_s: float,
+              what: str) -> dict[str, Any]:
+        """Poll ``GET path`` every second until ``done(view)``; print each of
+        ``lines(view)`` (keyed) when it changes, with the seconds since the start.
+
+        Raises:
+            DemoError: still not done after ``timeout_s`` (or the API keeps failing).
+        """
+        start = time.monotonic()
+        shown: dict[str, str] = {}
+        while True:
+            try:
+                view: dict[str, Any] = self.api("GET", path, quiet=True)
+            except DemoError as e:  # a busy server may miss a poll; the deadline holds
+                if time.monotonic() - start > timeout_s:
+                    raise
+                self.show(f"{time.monotonic() - start:5.1f} s  ({e}; asking again)")
+                time.sleep(1.0)
+                continue
+            for key, text in lines(view).items():
+                if shown.get(key) != text:
+                    self.show(f"{time.monotonic() - start:5.1f} s  {text}")
+                    shown[key] = text
+            if done(view):
+                return view
+            if time.monotonic() - start > timeout_s:
+                raise DemoError(f"{what} not done after {timeout_s:.0f} s: "
+                                f"{' / '.join(shown.values())}")
+            time.sleep(1.0)
 
     def download(self, path: str, dest: Path) -> Path:
         """GET ``/api/v1{path}`` (a file) into ``dest``, echoed like :meth:`api`."""

@@ -215,32 +215,15 @@ def _wait_for_nodes(demo: Demo, fleet: Fleet) -> dict[str, dict[str, Any]]:
 def _watch_job(demo: Demo, job_id: int) -> dict[str, Any]:
     """Poll the job until it ends; print its phase changes and each finished round."""
     demo.say(f"   (watching job {job_id}: what `edgefleet fl show {job_id} --watch` follows)")
-    start = time.monotonic()
-    phase = ""
-    shown: set[int] = set()
-    while True:
-        try:
-            job: dict[str, Any] = demo.api("GET", f"/fl/jobs/{job_id}", quiet=True)
-        except DemoError as e:  # a busy server may miss one poll; the deadline still holds
-            if time.monotonic() - start > JOB_TIMEOUT_S:
-                raise
-            demo.show(f"{time.monotonic() - start:5.1f} s  ({e}; asking again)")
-            time.sleep(1.0)
-            continue
-        now = f"{job['status']}" + (f"/{job['phase']}" if job.get("phase") else "")
-        if now != phase:
-            demo.show(f"{time.monotonic() - start:5.1f} s  job {job_id}: {now}")
-            phase = now
-        for r in job.get("rounds", []):
-            if r["round"] > 0 and r["round"] not in shown:
-                shown.add(r["round"])
-                demo.show(f"{time.monotonic() - start:5.1f} s  {_round_line(r)}")
-        if job["status"] in _FINAL:
-            return job
-        if time.monotonic() - start > JOB_TIMEOUT_S:
-            raise DemoError(f"federated job {job_id} still {now} after "
-                            f"{JOB_TIMEOUT_S:.0f} s")
-        time.sleep(1.0)
+
+    def lines(job: dict[str, Any]) -> dict[str, str]:
+        phase = f"{job['status']}" + (f"/{job['phase']}" if job.get("phase") else "")
+        return {"phase": f"job {job_id}: {phase}",
+                **{f"round {r['round']}": _round_line(r)
+                   for r in job.get("rounds", []) if r["round"] > 0}}
+
+    return demo.watch(f"/fl/jobs/{job_id}", lines, lambda job: job["status"] in _FINAL,
+                      JOB_TIMEOUT_S, f"federated job {job_id}")
 
 
 def _round_line(r: dict[str, Any]) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from edgefleet.tools.demo.core import Demo, DemoError
@@ -76,26 +75,9 @@ def _watch_rollout(demo: Demo, rollout_id: int) -> dict[str, Any]:
     """Poll the rollout until it is no longer running; print each change of state."""
     demo.say(f"   (watching rollout {rollout_id}: what `edgefleet rollout show "
              f"{rollout_id} --watch` prints, one line per change)")
-    start = time.monotonic()
-    last = ""
-    while True:
-        try:
-            view: dict[str, Any] = demo.api("GET", f"/rollouts/{rollout_id}", quiet=True)
-        except DemoError as e:  # a busy server may miss one poll; the deadline still holds
-            if time.monotonic() - start > ROLLOUT_TIMEOUT_S:
-                raise
-            demo.show(f"{time.monotonic() - start:5.1f} s  ({e}; asking again)")
-            continue
-        line = _progress(view)
-        if line != last:
-            demo.show(f"{time.monotonic() - start:5.1f} s  {line}")
-            last = line
-        if view["status"] != "running":
-            return view
-        if time.monotonic() - start > ROLLOUT_TIMEOUT_S:
-            raise DemoError(f"rollout {rollout_id} still running after "
-                            f"{ROLLOUT_TIMEOUT_S:.0f} s: {line}")
-        time.sleep(1.0)
+    return demo.watch(f"/rollouts/{rollout_id}", lambda view: {"progress": _progress(view)},
+                      lambda view: view["status"] != "running", ROLLOUT_TIMEOUT_S,
+                      f"rollout {rollout_id}")
 
 
 def _progress(view: dict[str, Any]) -> str:

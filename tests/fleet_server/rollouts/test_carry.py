@@ -102,6 +102,17 @@ def _operator(fleet: Fleet, path: str) -> dict[str, Any]:
     return dict(answer["body"])
 
 
+def _held_first_batch(fleet: Fleet
+                      ) -> tuple[RolloutService, GatedRepository, int, set[str]]:
+    """A new rollout whose first batch is held at the gate while it is being signed:
+    the service, the gate, the rollout id and the devices of that batch."""
+    service, gated = _service(fleet)
+    gated.hold = True
+    rollout_id = _create(fleet)
+    assert gated.entered.wait(WAIT_S)
+    return service, gated, rollout_id, set(gated.batches[0])
+
+
 def _rows(fleet: Fleet, rollout_id: int) -> dict[str, str]:
     return dict(fleet.services.store.db.execute(
         "SELECT device_id, assign FROM rollout_devices WHERE rollout_id = ?",
@@ -134,11 +145,7 @@ def test_a_large_wave_is_signed_in_batches_in_the_background(fleet: Fleet) -> No
 
 def test_a_roll_back_during_signing_answers_at_once_and_reverts_every_device(
         fleet: Fleet) -> None:
-    service, gated = _service(fleet)
-    gated.hold = True
-    rollout_id = _create(fleet)
-    assert gated.entered.wait(WAIT_S)
-    in_flight = set(gated.batches[0])
+    service, gated, rollout_id, in_flight = _held_first_batch(fleet)
     view = _operator(fleet, f"/rollouts/{rollout_id}/rollback")
     assert view["status"] == "rolled_back"
     gated.release.set()
@@ -159,11 +166,7 @@ def test_a_roll_back_during_signing_answers_at_once_and_reverts_every_device(
 
 def test_an_abort_during_signing_keeps_what_was_signed_and_signs_no_more(
         fleet: Fleet) -> None:
-    service, gated = _service(fleet)
-    gated.hold = True
-    rollout_id = _create(fleet)
-    assert gated.entered.wait(WAIT_S)
-    in_flight = set(gated.batches[0])
+    service, gated, rollout_id, in_flight = _held_first_batch(fleet)
     assert _operator(fleet, f"/rollouts/{rollout_id}/abort")["status"] == "aborted"
     gated.release.set()
     assert service.wait_for_carry_out(WAIT_S)
@@ -181,11 +184,7 @@ def test_an_abort_during_signing_keeps_what_was_signed_and_signs_no_more(
 
 def test_a_pause_during_signing_holds_the_rest_of_the_wave_until_resumed(
         fleet: Fleet) -> None:
-    service, gated = _service(fleet)
-    gated.hold = True
-    rollout_id = _create(fleet)
-    assert gated.entered.wait(WAIT_S)
-    in_flight = set(gated.batches[0])
+    service, gated, rollout_id, in_flight = _held_first_batch(fleet)
     assert _operator(fleet, f"/rollouts/{rollout_id}/pause")["status"] == "paused"
     gated.release.set()
     assert service.wait_for_carry_out(WAIT_S)
